@@ -123,9 +123,10 @@ def cmd_select(a) -> int:
 def cmd_report(a) -> int:
     from model.report import plot_allocation
 
-    scores = read_jsonl(a.input, required=("id", "task"))
+    metric = _one_of("metric", a.metric, METRICS)
+    scores = read_jsonl(a.input, required=("id", "task"), numeric=(metric,))
     queue = read_jsonl(a.queue, required=("id", "task", "rank"))
-    plot_allocation(scores, queue, a.output, metric=a.metric)
+    plot_allocation(scores, queue, a.output, metric=metric, budget=len(queue), strategy=a.strategy)
     print(a.output, file=sys.stderr)
     return 0
 
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", required=True, help="queue JSONL (from `select`)")
     s.add_argument("--output", required=True, help="PNG path")
     s.add_argument("--metric", default="sequence_prob", help=" | ".join(METRICS))
+    s.add_argument("--strategy", default=None, help="shown in the title")
     s.set_defaults(func=cmd_report)
 
     from model.evaluation import cli as evaluation_cli
