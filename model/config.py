@@ -29,6 +29,8 @@ class ScoringConfig:
     """Wrap prompts in the tokenizer's chat template when it has one."""
     progress: bool = True
     """Show a progress bar (stderr) on runs longer than one batch."""
+    fast: bool | None = None
+    """Static KV cache + compiled decode step; None = on for CUDA, off elsewhere (falls back on error)."""
 
 
 @dataclass
