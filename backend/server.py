@@ -1,0 +1,265 @@
+"""FastAPI app speaking the label-studio-ml protocol: /health, /setup, /predict, /webhook, /metrics.
+
+Requests never load a model except /predict for tasks without current stored scores, and never wait
+on Label Studio: /setup and /webhook only write Redis and enqueue jobs. Redis is connected lazily, so a
+dead Redis gives 503 on the routes that need it and the server recovers when it is back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rq.job import Job
+from starlette.concurrency import run_in_threadpool
+
+from backend import jobs
+from backend.annotations import LabelConfigError, parse_label_config, textarea_result
+from backend.project_config import ProjectConfig, ProjectConfigError, extra_params_dict, parse_extra_params
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+HANDLED_EVENTS = TRAIN_EVENTS | {"START_TRAINING", "TASKS_CREATED"}
+
+
+# ------------------------------------------------------------------------------------------ auth
+_basic = HTTPBasic(auto_error=False)
+
+
+def _basic_ok(creds: HTTPBasicCredentials | None) -> bool:
+    expected = get_settings().basic_auth
+    return creds is not None and expected is not None and \
+        secrets.compare_digest(creds.username.encode(), expected[0].encode()) and \
+        secrets.compare_digest(creds.password.encode(), expected[1].encode())
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Basic"})
+
+
+def require_auth(creds: HTTPBasicCredentials | None = Depends(_basic)) -> None:
+    if get_settings().basic_auth is not None and not _basic_ok(creds):
+        raise _unauthorized()
+
+
+def require_webhook_auth(request: Request, creds: HTTPBasicCredentials | None = Depends(_basic)) -> None:
+    """Basic auth or, when WEBHOOK_SECRET is set, a matching X-Webhook-Secret header."""
+    s = get_settings()
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    if s.basic_auth is None and secret is None:
+        return
+    given = request.headers.get("x-webhook-secret")
+    if secret is not None and given is not None and secrets.compare_digest(given.encode(), secret.encode()):
+        return
+    if not _basic_ok(creds):
+        raise _unauthorized()
+
+
+# ------------------------------------------------------------------------------------------ bodies
+def _project_id(v: Any) -> int:
+    """Label Studio sends "<id>.<timestamp>" in /setup and /predict, and {"id": ...} in webhooks."""
+    if isinstance(v, dict):
+        v = v.get("id")
+    if isinstance(v, bool) or v is None:
+        raise ValueError("project id missing")
+    try:
+        return int(str(v).split(".")[0])
+    except ValueError:
+        raise ValueError(f"not a project id: {v!r}") from None
+
+
+class SetupBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    project: int
+    label_config: str = Field("", alias="schema")
+    extra_params: Any = None
+
+    _project = field_validator("project", mode="before")(_project_id)
+
+
+class PredictTask(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    data: dict = {}
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tasks: list[PredictTask]
+    project: int
+    label_config: str | None = None
+
+    _project = field_validator("project", mode="before")(_project_id)
+
+
+class WebhookBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action: str
+    project: int | None = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, v):
+        return None if v is None else _project_id(v)
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HTTPException(400, f"request body is not valid JSON: {e}") from None
+
+
+def _validated(model: type[BaseModel], payload: Any):
+    if not isinstance(payload, dict):
+        raise HTTPException(422, f"request body must be a JSON object, got {type(payload).__name__}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+
+
+# ------------------------------------------------------------------------------------------ app
+app = FastAPI(title="Weighted Task Diversity ML backend")
+
+
+@app.exception_handler(redis.exceptions.ConnectionError)
+@app.exception_handler(redis.exceptions.TimeoutError)
+async def _redis_down(request: Request, exc: Exception):
+    log.error("Redis unavailable on %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": "Redis is unavailable; retry when it is back"}, status_code=503)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+@app.get("/health", dependencies=[Depends(require_auth)])
+@app.get("/", dependencies=[Depends(require_auth)])
+def health() -> dict:
+    return {"status": "UP", "model_class": get_settings().model_class}
+
+
+def _model_version(queue: dict | None, project: int) -> str:
+    """The version of the queue last written (Label Studio keeps it as the backend's version)."""
+    return queue["model_version"] if queue else f"wtd-{project}-0"
+
+
+@app.post("/setup", dependencies=[Depends(require_auth)])
+async def setup(request: Request) -> dict:
+    body = _validated(SetupBody, await _json(request))
+    try:
+        params = extra_params_dict(body.extra_params)
+        parse_extra_params(params)
+        parse_label_config(body.label_config)
+    except (ProjectConfigError, LabelConfigError) as e:
+        raise HTTPException(400, str(e)) from None
+    st = jobs.store()
+    # Label Studio re-runs /setup whenever the project changes - including our own queue activation -
+    # so only changed settings or a project not connected yet start a connect, else each pass loops.
+    if st.save_setup(body.project, body.label_config, params) or not jobs.connected(body.project):
+        jobs.enqueue_connect(body.project)
+    return {"model_version": _model_version(st.queue(body.project), body.project)}
+
+
+def _project_config(st, project: int) -> tuple[ProjectConfig, str | None]:
+    """The settings and label config saved by the last /setup (validated there); defaults before it."""
+    saved = st.setup(project)
+    return (parse_extra_params(saved[1]), saved[0]) if saved else (ProjectConfig(), None)
+
+
+@app.post("/predict", dependencies=[Depends(require_auth)])
+async def predict(request: Request) -> dict:
+    body = _validated(PredictBody, await _json(request))
+    st = jobs.store()
+    config, saved_label_config = _project_config(st, body.project)
+    try:
+        iface = parse_label_config(body.label_config or saved_label_config or "")
+    except LabelConfigError as e:
+        raise HTTPException(400, str(e)) from None
+    field = config.prompt_field or iface.prompt_field
+    rows = [{"id": t.id, "prompt": t.data.get(field)} for t in body.tasks]
+    rows = [r for r in rows if isinstance(r["prompt"], str) and r["prompt"].strip()]
+    adapter = jobs.valid_adapter(body.project, st.adapter(body.project))
+    drafts = await run_in_threadpool(jobs.score_tasks, body.project, adapter, rows, config.max_new_tokens)
+    positions = st.positions(body.project, [t.id for t in body.tasks])
+    queue = st.queue(body.project)
+    version, length = _model_version(queue, body.project), (queue or {}).get("predictions", 0)
+    # Tasks not in the written queue (new, not yet planned) rank after every queued one.
+    return {"results": [
+        {"result": textarea_result(iface, drafts[t.id]["response"]) if t.id in drafts else [],
+         "score": jobs.queue_score(positions.get(t.id, -1), length), "model_version": version}
+        for t in body.tasks]}
+
+
+@app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
+async def webhook(request: Request) -> dict:
+    body = _validated(WebhookBody, await _json(request))
+    if body.action not in HANDLED_EVENTS:
+        return {"status": "ignored", "action": body.action}
+    if body.project is None:
+        raise HTTPException(422, f"{body.action}: payload has no project id")
+    st, p = jobs.store(), body.project
+    st.add_project(p)
+    job = None
+    if body.action == "TASKS_CREATED":
+        job = jobs.enqueue_refresh(p)
+    elif body.action == "START_TRAINING":
+        job = jobs.enqueue_train(p)
+    else:
+        config, _ = _project_config(st, p)
+        if st.add_change(p) >= config.train_every > 0:
+            job = jobs.enqueue_train(p)
+    return {"status": "queued" if job else "coalesced", "action": body.action}
+
+
+@app.get("/metrics", dependencies=[Depends(require_auth)])
+def metrics() -> dict:
+    st = jobs.store()
+    return {"time": time.time(), "projects": {str(p): project_metrics(st, p) for p in st.projects()}}
+
+
+def project_metrics(st, project: int) -> dict:
+    """Queue state, scoring progress, training, adapter and job progress of one project."""
+    known = st.jobs(project)
+    chunk_ids = json.loads(known.pop("score", "[]"))
+    chunks = [j for j in Job.fetch_many(chunk_ids, connection=st.conn) if j is not None]
+    statuses = [j.get_status(refresh=False) for j in chunks]
+    return {
+        "queue": st.queue(project),
+        "scoring": {"chunks": len(chunk_ids),
+                    "by_status": {s.value: statuses.count(s) for s in set(statuses)},
+                    "done": sum(j.meta.get("done", 0) for j in chunks),
+                    "total": sum(j.meta.get("total", 0) for j in chunks)},
+        "adapter": st.adapter(project),
+        "selection_adapter": st.selection_adapter(project),
+        "rounds_done": st.rounds_done(project),
+        "last_training": st.last_training(project),
+        "training_pending": st.is_pending(project, "train"),
+        "jobs": {kind: job_info(st, job_id) for kind, job_id in known.items()},
+    }
+
+
+def job_info(st, job_id: str) -> dict:
+    job = Job.fetch_many([job_id], connection=st.conn)[0]
+    if job is None:
+        return {"id": job_id, "status": "expired"}
+    info = {"id": job_id, "status": job.get_status(refresh=False).value, "meta": job.meta,
+            "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+            "ended_at": job.ended_at.isoformat() if job.ended_at else None}
+    result = job.latest_result()
+    if result is not None and result.exc_string:
+        info["error"] = result.exc_string.strip().splitlines()[-1]
+    return info

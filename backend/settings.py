@@ -1,0 +1,74 @@
+"""Every environment setting of the backend, typed, in one place (pydantic-settings).
+
+Values come from the environment (upper-case field names, e.g. ``REDIS_URL``). Secrets are
+``SecretStr`` so they never show up in logs or reprs.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore",
+                                      protected_namespaces=("settings_",))
+
+    label_studio_url: str = Field("http://127.0.0.1:8080", description=(
+        "Base URL of Label Studio as seen from the backend. Default http://127.0.0.1:8080."))
+    label_studio_api_key: SecretStr = Field(SecretStr(""), description=(
+        "Label Studio API key (legacy token or personal access token). Default empty; never logged."))
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description=(
+        "Redis for scores, state and the RQ queues. Default redis://127.0.0.1:6379/0."))
+    redis_timeout_s: float = Field(2.0, description=(
+        "Socket (connect) timeout for Redis in seconds, so a dead Redis gives a fast 503. Default 2."))
+    model_name_or_path: str | None = Field(None, description=(
+        "Local Hugging Face causal LM folder. Default None = SmolLM2-135M-Instruct (model.loading)."))
+    model_dir: Path = Field(Path("var/adapters"), description=(
+        "Root of the stored LoRA adapters, one folder per project and version. Default ./var/adapters."))
+    device: str | None = Field(None, description=(
+        "cpu / cuda / cuda:N. Default None = CUDA when present, else CPU."))
+    basic_auth_user: str | None = Field(None, description=(
+        "With BASIC_AUTH_PASS: require HTTP basic auth on every route. Default None (no auth)."))
+    basic_auth_pass: SecretStr | None = Field(None, description="See BASIC_AUTH_USER. Default None.")
+    webhook_secret: SecretStr | None = Field(None, description=(
+        "When set, /webhook accepts (and requires, unless basic auth passes) an X-Webhook-Secret header "
+        "with this value. Default None."))
+    public_url: str | None = Field(None, description=(
+        "The backend URL as Label Studio knows it (the ML backend connection URL). Used to pick this "
+        "backend among several connected to a project and to find its webhook. Default None = the "
+        "project's first ML backend."))
+    model_class: str = Field("WeightedTaskDiversity", description=(
+        "Name reported by /health as model_class. Default WeightedTaskDiversity."))
+    score_queue: str = Field("wtd-score", description=(
+        "RQ queue for connect, scoring, queue-writing and reconcile jobs. Default wtd-score."))
+    train_queue: str = Field("wtd-train", description="RQ queue for training jobs. Default wtd-train.")
+    score_chunk_size: int = Field(64, ge=1, description=(
+        "Tasks per scoring job, so several workers share a big project. Default 64."))
+    score_batch_size: int = Field(16, ge=1, description="Generation batch size while scoring. Default 16.")
+    reconcile_interval_s: int = Field(300, ge=1, description=(
+        "Seconds between reconcile passes that catch lost webhooks. Default 300."))
+    score_job_timeout_s: int = Field(3600, ge=1, description="RQ timeout of a scoring job. Default 3600.")
+    train_job_timeout_s: int = Field(6 * 3600, ge=1, description="RQ timeout of a training job. Default 21600.")
+    job_result_ttl_s: int = Field(24 * 3600, ge=1, description=(
+        "How long finished jobs (and their progress meta) stay visible in /metrics. Default 86400."))
+    failure_ttl_s: int = Field(7 * 24 * 3600, ge=1, description=(
+        "How long failed jobs stay in RQ's failed registry. Default 604800 (a week)."))
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user and self.basic_auth_pass:
+            return self.basic_auth_user, self.basic_auth_pass.get_secret_value()
+        return None
+
+    @property
+    def queues(self) -> list[str]:
+        return [self.score_queue, self.train_queue]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    return Settings()

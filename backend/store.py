@@ -1,0 +1,199 @@
+"""Everything the backend keeps in Redis, behind one class; the key schema lives here only.
+
+Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapter version or base>``):
+  wtd:projects                     set of known project ids (reconcile walks it)
+  wtd:p:{p}:setup                  hash: label_config, extra_params (JSON) from the last /setup
+  wtd:p:{p}:scores:{key}           hash task id -> JSON score row (prompt, task, response, metrics)
+  wtd:p:{p}:adapter                current adapter version (drafts); absent = base model
+  wtd:p:{p}:selection_adapter      adapter whose scores drive selection (rounds > 1); absent = base
+  wtd:p:{p}:rounds_done            selection rounds done (1 = the base model's)
+  wtd:p:{p}:selection              JSON frozen selection + the fingerprint it was computed for
+  wtd:p:{p}:pass                   counter of queue-writing passes (model_version suffix)
+  wtd:p:{p}:queue                  JSON state of the last written queue (version, order, budget...)
+  wtd:p:{p}:positions              hash task id -> queue position of the last written queue
+  wtd:p:{p}:pending:{kind}         coalescing flag = id of the {kind} job queued and not started
+  wtd:p:{p}:jobs                   hash kind -> id of the latest job of that kind (metrics, chaining)
+  wtd:p:{p}:seq:{kind}             counter behind the deterministic job ids wtd-{kind}-{p}-{n}
+  wtd:p:{p}:lock:queue             lock held while a queue is written (one writer per project)
+  wtd:p:{p}:changes                annotation changes seen by webhooks since the last training started
+  wtd:p:{p}:train:trained_on       set of annotation signatures the last training read
+  wtd:p:{p}:train:last             JSON result of the last training
+  wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+import redis
+
+PREFIX = "wtd"
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    """A lazy client: nothing connects until the first command, so a dead Redis fails per request."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                health_check_interval=30)
+
+
+class Store:
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+
+    def _k(self, project: int, *parts: str) -> str:
+        return ":".join((PREFIX, "p", str(project)) + parts)
+
+    # --- projects and their setup -------------------------------------------------------------
+    def add_project(self, project: int) -> None:
+        self.conn.sadd(f"{PREFIX}:projects", project)
+
+    def projects(self) -> list[int]:
+        return sorted(int(p) for p in self.conn.smembers(f"{PREFIX}:projects"))
+
+    def save_setup(self, project: int, label_config: str, extra_params: dict) -> bool:
+        """Record the project's setup; True if it differs from the one recorded before."""
+        changed = self.setup(project) != (label_config, extra_params)
+        self.conn.hset(self._k(project, "setup"), mapping={
+            "label_config": label_config, "extra_params": json.dumps(extra_params)})
+        self.add_project(project)
+        return changed
+
+    def setup(self, project: int) -> tuple[str, dict] | None:
+        h = self.conn.hgetall(self._k(project, "setup"))
+        if not h:
+            return None
+        return h[b"label_config"].decode(), json.loads(h[b"extra_params"])
+
+    # --- scores -------------------------------------------------------------------------------
+    def put_scores(self, project: int, key: str, rows: dict) -> None:
+        if rows:
+            self.conn.hset(self._k(project, "scores", key),
+                           mapping={str(t): json.dumps(r) for t, r in rows.items()})
+
+    def scores(self, project: int, key: str, task_ids: Iterable | None = None) -> dict[int, dict]:
+        """Stored score rows under ``key``: of ``task_ids`` only, or all of them (reports, tests)."""
+        k = self._k(project, "scores", key)
+        if task_ids is None:
+            items = self.conn.hgetall(k).items()
+        else:
+            ids = [str(t) for t in task_ids]
+            items = zip(ids, self.conn.hmget(k, ids) if ids else [])
+        return {int(t): json.loads(v) for t, v in items if v is not None}
+
+    def scored_ids(self, project: int, key: str) -> set[int]:
+        return {int(t) for t in self.conn.hkeys(self._k(project, "scores", key))}
+
+    # --- adapters and rounds --------------------------------------------------------------------
+    def _get(self, key: str) -> str | None:
+        v = self.conn.get(key)
+        return v.decode() if v is not None else None
+
+    def adapter(self, project: int) -> str | None:
+        return self._get(self._k(project, "adapter"))
+
+    def set_adapter(self, project: int, version: str) -> None:
+        self.conn.set(self._k(project, "adapter"), version)
+
+    def selection_adapter(self, project: int) -> str | None:
+        return self._get(self._k(project, "selection_adapter"))
+
+    def set_selection_adapter(self, project: int, version: str) -> None:
+        self.conn.set(self._k(project, "selection_adapter"), version)
+
+    def rounds_done(self, project: int) -> int:
+        return int(self._get(self._k(project, "rounds_done")) or 1)
+
+    def set_rounds_done(self, project: int, n: int) -> None:
+        self.conn.set(self._k(project, "rounds_done"), n)
+
+    # --- selection and queue ------------------------------------------------------------------
+    def _get_json(self, key: str):
+        v = self.conn.get(key)
+        return json.loads(v) if v is not None else None
+
+    def selection(self, project: int) -> dict | None:
+        return self._get_json(self._k(project, "selection"))
+
+    def save_selection(self, project: int, selection: dict) -> None:
+        self.conn.set(self._k(project, "selection"), json.dumps(selection))
+
+    def next_pass(self, project: int) -> int:
+        return int(self.conn.incr(self._k(project, "pass")))
+
+    def queue(self, project: int) -> dict | None:
+        return self._get_json(self._k(project, "queue"))
+
+    def save_queue(self, project: int, state: dict, positions: dict[int, int]) -> None:
+        pipe = self.conn.pipeline()
+        pipe.set(self._k(project, "queue"), json.dumps(state))
+        pipe.delete(self._k(project, "positions"))
+        if positions:
+            pipe.hset(self._k(project, "positions"), mapping={str(t): p for t, p in positions.items()})
+        pipe.execute()
+
+    def positions(self, project: int, task_ids: Iterable) -> dict[int, int]:
+        ids = [str(t) for t in task_ids]
+        vals = self.conn.hmget(self._k(project, "positions"), ids) if ids else []
+        return {int(t): int(v) for t, v in zip(ids, vals) if v is not None}
+
+    # --- jobs and coalescing ------------------------------------------------------------------
+    def claim_pending(self, project: int, kind: str, job_id: str, ttl_s: int) -> bool:
+        """True for the first caller while no ``kind`` job is pending; the flag holds that job's id."""
+        return bool(self.conn.set(self._k(project, "pending", kind), job_id, nx=True, ex=ttl_s))
+
+    def pending(self, project: int, kind: str) -> tuple[str, int] | None:
+        """(job id, seconds the flag has left) of the pending ``kind`` job, if any."""
+        pipe = self.conn.pipeline()
+        pipe.get(self._k(project, "pending", kind))
+        pipe.ttl(self._k(project, "pending", kind))
+        job_id, ttl = pipe.execute()
+        return (job_id.decode(), int(ttl)) if job_id is not None else None
+
+    def clear_pending(self, project: int, kind: str, job_id: str) -> bool:
+        """Drop the flag only if it is still ``job_id``'s (never a newer claim's)."""
+        return bool(self.conn.eval(_DELETE_IF_EQUAL, 1, self._k(project, "pending", kind), job_id))
+
+    def is_pending(self, project: int, kind: str) -> bool:
+        return bool(self.conn.exists(self._k(project, "pending", kind)))
+
+    def next_job_id(self, project: int, kind: str) -> str:
+        return f"{PREFIX}-{kind}-{project}-{self.conn.incr(self._k(project, 'seq', kind))}"
+
+    def queue_lock(self, project: int, timeout_s: int):
+        return self.conn.lock(self._k(project, "lock", "queue"), timeout=timeout_s)
+
+    def set_job(self, project: int, kind: str, job_id: str) -> None:
+        self.conn.hset(self._k(project, "jobs"), kind, job_id)
+
+    def jobs(self, project: int) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.conn.hgetall(self._k(project, "jobs")).items()}
+
+    # --- training -----------------------------------------------------------------------------
+    def add_change(self, project: int) -> int:
+        return int(self.conn.incr(self._k(project, "changes")))
+
+    def reset_changes(self, project: int) -> None:
+        self.conn.delete(self._k(project, "changes"))
+
+    def trained_on(self, project: int) -> set[str]:
+        return {s.decode() for s in self.conn.smembers(self._k(project, "train", "trained_on"))}
+
+    def save_training(self, project: int, result: dict, signatures: Iterable[str]) -> None:
+        pipe = self.conn.pipeline()
+        pipe.set(self._k(project, "train", "last"), json.dumps(result))
+        pipe.delete(self._k(project, "train", "trained_on"))
+        sigs = list(signatures)
+        if sigs:
+            pipe.sadd(self._k(project, "train", "trained_on"), *sigs)
+        pipe.execute()
+
+    def last_training(self, project: int) -> dict | None:
+        return self._get_json(self._k(project, "train", "last"))
+
+    # --- reconcile schedule -------------------------------------------------------------------
+    def claim_reconcile(self, ttl_s: int) -> bool:
+        return bool(self.conn.set(f"{PREFIX}:reconcile:scheduled", 1, nx=True, ex=ttl_s))
+
+    def clear_reconcile(self) -> None:
+        self.conn.delete(f"{PREFIX}:reconcile:scheduled")

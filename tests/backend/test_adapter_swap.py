@@ -1,0 +1,51 @@
+"""The server follows the adapter version recorded in Redis, and never uses a half-written folder."""
+import pytest
+from fastapi.testclient import TestClient
+
+from backend import jobs
+from backend.server import app
+from tests.backend.fakes import LABEL_CONFIG, TEST_PARAMS, backend_env  # noqa: F401
+
+
+def _save_adapter(project: int, seed: int) -> str:
+    from model.config import TrainConfig
+    from model.training import train_lora
+    result = train_lora(jobs.models.get(None), [("answer the question briefly", "yes")],
+                        TrainConfig(r=2, lora_alpha=4, epochs=1, batch_size=1, seed=seed))
+    return jobs.adapter_store().save(str(project), result.peft_model, result.meta())
+
+
+def _predict(client, task_id: int) -> dict:
+    r = client.post("/predict", json={"tasks": [{"id": task_id, "data": {"prompt": "count the number of words"}}],
+                                      "project": "7.1", "label_config": LABEL_CONFIG})
+    assert r.status_code == 200
+    return r.json()["results"][0]
+
+
+def _scored_under(adapter) -> set:
+    return jobs.store().scored_ids(7, jobs.score_key(adapter, TEST_PARAMS["max_new_tokens"]))
+
+
+@pytest.mark.slow
+def test_server_picks_up_new_versions_and_skips_half_written_ones(backend_env):
+    client = TestClient(app)
+    client.post("/setup", json={"project": "7.1", "schema": LABEL_CONFIG, "extra_params": TEST_PARAMS})
+    st = jobs.store()
+    v1 = _save_adapter(7, seed=1)
+    st.set_adapter(7, v1)
+    _predict(client, 1)
+    assert _scored_under(v1) == {1}
+
+    v2 = _save_adapter(7, seed=2)
+    st.set_adapter(7, v2)
+    _predict(client, 2)
+    assert _scored_under(v2) == {2}
+
+    # A save interrupted half-way leaves only a hidden temp folder; a version named in Redis but not
+    # complete on disk is never loaded: the drafts come from the base model instead.
+    half = backend_env.model_dir / "7" / ".tmp-interrupted"
+    half.mkdir()
+    (half / "adapter_config.json").write_text("{")
+    st.set_adapter(7, "v0003")
+    _predict(client, 3)
+    assert _scored_under(None) == {3} and _scored_under("v0003") == set()

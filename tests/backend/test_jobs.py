@@ -1,0 +1,186 @@
+"""The job chain against the fake Label Studio (tests.backend.fakes), a real Redis and real RQ workers.
+
+The real Label Studio server is covered by the e2e test.
+"""
+import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+from backend import jobs
+from tests.backend.fakes import backend_env, fake_ls, run_worker  # noqa: F401 (fixtures)
+
+
+def _serve_all(ls, pid):
+    """Task ids in the order Label Studio's /next hands them out, annotating each one."""
+    served = []
+    while (task := ls.next_task(pid)) is not None:
+        served.append(task["id"])
+        ls.annotate(pid, task["id"], "done")
+    return served
+
+
+def test_scoring_and_queue_chain(fake_ls):
+    ls, pid = fake_ls, fake_ls.project_id
+    assert jobs.enqueue_refresh(pid) is not None
+    run_worker()
+    st = jobs.store()
+    state = st.queue(pid)
+    v1 = state["model_version"]
+    assert v1 == f"wtd-{pid}-1" and ls.activations == [(pid, v1)]
+    assert ls.projects[pid]["sampling"] == "Uncertainty sampling"
+    preds = ls.predictions_of(v1)
+    assert len(preds) == 10 and sorted(p["score"] for p in preds) == [i / 10 for i in range(10)]
+    assert all(p["result"][0]["from_name"] == "response" and p["result"][0]["type"] == "textarea"
+               for p in preds)
+    # budget 4: the selected tasks take positions 0-3, in the selection's order
+    selection = st.selection(pid)
+    by_score = [p["task"] for p in sorted(preds, key=lambda p: p["score"])]
+    assert by_score[:4] == selection["order"] and state["selected"] == 4
+    assert len(st.scored_ids(pid, state["score_key"])) == 10
+    assert len(jobs.json.loads(st.jobs(pid)["score"])) == 3  # 10 tasks in chunks of 4
+
+    # a second pass scores nothing new, keeps the (frozen) order, and writes under a new version
+    jobs.enqueue_refresh(pid)
+    run_worker()
+    v2 = st.queue(pid)["model_version"]
+    assert v2 != v1 and ls.activations[-1] == (pid, v2)
+    assert st.jobs(pid)["score"] == "[]"
+    assert [p["task"] for p in sorted(ls.predictions_of(v2), key=lambda p: p["score"])] == by_score
+    assert _serve_all(ls, pid) == by_score
+
+
+def test_new_tasks_are_scored_and_queued_after_refresh(fake_ls):
+    ls, pid = fake_ls, fake_ls.project_id
+    jobs.enqueue_refresh(pid)
+    run_worker()
+    st = jobs.store()
+    new = ls.add_tasks(pid, ["write a question about the passage", "answer the question briefly"],
+                       [{"task": "summarize"}, {"task": "translate"}])
+    assert jobs.reconcile_project(pid)["refresh"] is True  # lost TASKS_CREATED is caught
+    run_worker()
+    assert len(jobs.json.loads(st.jobs(pid)["score"])) == 1  # only the 2 new tasks were scored
+    state = st.queue(pid)
+    assert state["predictions"] == 12 and set(new) <= set(st.positions(pid, new))
+
+
+def test_connect_puts_the_auth_header_on_the_webhook(fake_ls, monkeypatch):
+    from backend.settings import get_settings
+    monkeypatch.setenv("BASIC_AUTH_USER", "ls")
+    monkeypatch.setenv("BASIC_AUTH_PASS", "pw")
+    get_settings.cache_clear()
+    jobs.enqueue_connect(fake_ls.project_id)
+    run_worker()
+    assert fake_ls.webhooks[fake_ls.project_id]["headers"] == {"Authorization": "Basic bHM6cHc="}
+    assert jobs.store().queue(fake_ls.project_id) is not None
+
+
+def test_coalesced_training_waits_for_the_running_one(fake_ls):
+    pid = fake_ls.project_id
+    first = jobs.enqueue_train(pid)
+    assert all(jobs.enqueue_train(pid) is None for _ in range(20))
+    first.set_status(JobStatus.STARTED)
+    assert jobs.store().clear_pending(pid, "train", first.id)  # what the job does when it starts
+    second = jobs.enqueue_train(pid)
+    assert second is not None and second.get_status() == JobStatus.DEFERRED
+    assert jobs.enqueue_train(pid) is None
+
+
+def test_a_failing_job_lands_in_the_failed_registry(fake_ls, monkeypatch):
+    def broken(project_id):
+        raise RuntimeError("Label Studio API GET /api/tasks: 500 after 4 tries")
+    monkeypatch.setattr(fake_ls, "tasks", broken)
+    job = jobs.enqueue_refresh(fake_ls.project_id)
+    run_worker()
+    registry = FailedJobRegistry(queue=Queue(jobs.get_settings().score_queue, connection=jobs.redis_conn()))
+    assert job.id in registry.get_job_ids()
+    assert "500 after 4 tries" in job.latest_result().exc_string
+
+
+@pytest.mark.slow
+def test_training_end_to_end(fake_ls):
+    ls, pid = fake_ls, fake_ls.project_id
+    jobs.enqueue_refresh(pid)
+    run_worker()
+    st = jobs.store()
+    base_order = [t for t in st.selection(pid)["order"]]
+    for task_id in base_order[:3]:
+        ls.annotate(pid, task_id, "a short answer")
+    assert jobs.reconcile_project(pid)["train"] is True  # 3 new annotations >= train_every
+    run_worker()
+    assert st.adapter(pid) == "v0001"
+    assert (jobs.get_settings().model_dir / str(pid) / "v0001" / "adapter_config.json").exists()
+    last = st.last_training(pid)
+    assert last["version"] == "v0001" and last["n_examples"] == 3 and last["loss"] > 0
+    meta = Job.fetch(st.jobs(pid)["train"], connection=st.conn).meta
+    assert meta["step"] == meta["total"] == last["steps"] and meta["loss"] > 0
+    # drafts re-written from the adapter under a new version; rounds == 1 keeps the base model's order
+    state = st.queue(pid)
+    assert "|v0001|" in state["score_key"] and "|base|" in state["selection_key"]
+    assert state["predictions"] == 7
+    assert st.selection(pid)["order"] == base_order
+    assert ls.next_task(pid)["id"] == base_order[3]
+    assert jobs.reconcile_project(pid)["train"] is False  # nothing new since
+
+
+@pytest.mark.slow
+def test_rounds_reallocate_the_remaining_budget(fake_ls):
+    ls, pid = fake_ls, fake_ls.project_id
+    backend_id = next(iter(ls.backends))
+    ls.backends[backend_id]["extra_params"]["rounds"] = 2
+    jobs.enqueue_refresh(pid)
+    run_worker()
+    st = jobs.store()
+    for task_id in st.selection(pid)["order"][:3]:
+        ls.annotate(pid, task_id, "a short answer")
+    jobs.enqueue_train(pid)
+    run_worker()
+    assert st.selection_adapter(pid) == "v0001" and st.rounds_done(pid) == 2
+    sel = st.selection(pid)
+    assert sel["budget"] == 1 and len(sel["order"]) == 1 and "|v0001|" in sel["score_key"]
+    annotated = {t["id"] for t in ls.tasks(pid) if t["annotations"]}
+    assert not annotated & set(sel["order"])
+    # the last round is done: another training moves the drafts, not the selection
+    ls.annotate(pid, sel["order"][0], "another answer")
+    jobs.enqueue_train(pid)
+    run_worker()
+    assert st.adapter(pid) == "v0002" and st.selection_adapter(pid) == "v0001"
+
+
+def test_a_lost_pending_job_does_not_block_its_kind_forever(fake_ls):
+    pid = fake_ls.project_id
+    lost = jobs.enqueue_refresh(pid)
+    assert jobs.enqueue_refresh(pid) is None
+    lost.cancel()  # e.g. removed by hand: it will never start, so it must not hold the flag
+    again = jobs.enqueue_refresh(pid)
+    assert again is not None and jobs.store().pending(pid, "refresh")[0] == again.id
+
+
+def test_reconcile_pass_reschedules_itself_once(fake_ls):
+    pid = fake_ls.project_id
+    result = jobs.reconcile_all()  # nothing known yet: no project
+    assert result == {}
+    jobs.store().add_project(pid)
+    assert jobs.reconcile_all()[pid] == {"unscored": 10, "unqueued": 10, "new_annotations": 0,
+                                         "refresh": True, "train": False}
+    assert jobs.schedule_reconcile() is None  # already scheduled by the pass
+    scheduled = ScheduledJobRegistry(queue=Queue(jobs.get_settings().score_queue, connection=jobs.redis_conn()))
+    assert len(scheduled.get_job_ids()) == 2  # each pass (run by hand here) scheduled exactly one next pass
+
+
+@pytest.mark.slow
+def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeypatch):
+    """Prompts from two very different families and no task labels: the queue still covers both clusters."""
+    from tests.backend.fakes import TEST_PARAMS, FakeLabelStudio
+
+    prompts = [f"translate the sentence number {i} into french please" for i in range(6)] + \
+              [f"what is {i} plus {i + 3}? answer with a number" for i in range(6)]
+    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "task_field": "task"})
+    pid = ls.add_project(prompts, [{} for _ in prompts])
+    monkeypatch.setattr(jobs, "make_client", lambda: ls)
+    jobs.enqueue_refresh(pid)
+    run_worker()
+    selection = jobs.store().selection(pid)
+    assert all(t.startswith("cluster-") for t in selection["task_sizes"])
+    assert len(selection["task_sizes"]) >= 2 and sum(selection["task_sizes"].values()) == 12
+    assert len(selection["order"]) == TEST_PARAMS["budget"]
