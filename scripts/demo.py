@@ -1,0 +1,383 @@
+"""``make demo``: Redis, Label Studio, the backend and a worker on 127.0.0.1, and a demo project.
+
+Starts what is not already running (Redis only if none answers on 127.0.0.1:6379), creates the demo
+project once (found again by title on the next run), connects the backend, waits for the first
+Weighted-Task-Diversity queue and prints the allocation. Ctrl-C stops everything this script
+started, and only that. Pid files in ./var/run let the next run stop leftovers of a crashed one.
+
+    .venv/bin/python scripts/demo.py            # 8 Natural Instructions subtasks x 25 prompts, SmolLM2
+    .venv/bin/python scripts/demo.py --tiny     # offline: synthetic prompts and the tiny test model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.labelstudio import LabelStudioClient  # noqa: E402
+from scripts.local_labelstudio import (label_studio_argv, label_studio_bin, label_studio_env,  # noqa: E402
+                                      stop_process_group, wait_until_ready)
+
+VAR = ROOT / "var"
+RUN = VAR / "run"
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "wtd-demo-password"
+ADMIN_TOKEN = "wtd-demo-legacy-token-0123456789"
+LABEL_CONFIG = """<View>
+  <Header value="Task: $task"/>
+  <Text name="prompt" value="$prompt"/>
+  <TextArea name="response" toName="prompt" rows="6" editable="true" maxSubmissions="1"
+            placeholder="Write the response (the model's draft is pre-filled)"/>
+</View>"""
+# Eight Natural Instructions v1 subtasks of different kinds (question generation, wrong-answer
+# generation, classification, extraction, answering) whose prompts stay under 1000 characters.
+SUBTASKS = [
+    "subtask003_mctaco_question_generation_event_duration",
+    "subtask005_mctaco_wrong_answer_generation_event_duration",
+    "subtask022_cosmosqa_passage_inappropriate_binary",
+    "subtask033_winogrande_answer_generation",
+    "subtask036_qasc_topic_word_to_generate_related_fact",
+    "subtask039_qasc_find_overlapping_words",
+    "subtask041_qasc_answer_generation",
+    "subtask050_multirc_answerability",
+]
+
+
+# ---------------------------------------------------------------------------------- processes
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """A live process's argv (None if it is gone): guards against killing a recycled pid."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.exists():
+        return [a for a in proc.read_bytes().decode(errors="replace").split("\0") if a]
+    r = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return r.stdout.split() if r.returncode == 0 and r.stdout.strip() else None
+
+
+class Services:
+    """The processes this run started; each also has a pid file so a later run can clean up."""
+
+    def __init__(self):
+        RUN.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], env: dict, cwd: Path = ROOT) -> subprocess.Popen:
+        log = open(RUN / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        (RUN / f"{name}.pid").write_text(json.dumps({"pid": proc.pid, "argv": argv}))
+        self.procs.append((name, proc))
+        print(f"  started {name} (pid {proc.pid}, log {(RUN / f'{name}.log').relative_to(ROOT)})")
+        return proc
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.procs):
+            stop_process_group(proc)
+            (RUN / f"{name}.pid").unlink(missing_ok=True)
+            print(f"  stopped {name}")
+        self.procs.clear()
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.procs if proc.poll() is not None]
+
+
+def stop_leftovers() -> None:
+    """Stop what a previous run of this script left behind (crash, kill -9), found by pid file."""
+    for pid_file in sorted(RUN.glob("*.pid")):
+        info = json.loads(pid_file.read_text())
+        argv = _cmdline(info["pid"])
+        # A script runs as "python <script> args": what we started is the tail of the argv.
+        if argv and argv[-len(info["argv"]):] == info["argv"]:
+            print(f"  stopping leftover {pid_file.stem} (pid {info['pid']})")
+            try:
+                os.killpg(info["pid"], signal.SIGTERM)
+                for _ in range(30):
+                    if _cmdline(info["pid"]) is None:
+                        break
+                    time.sleep(0.5)
+                else:
+                    os.killpg(info["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pid_file.unlink()
+
+
+def need_free(port: int, what: str, flag: str) -> None:
+    if port_open(port):
+        sys.exit(f"error: 127.0.0.1:{port} is taken by another program; stop it or pass {flag} for {what}")
+
+
+# ---------------------------------------------------------------------------------- services
+def ensure_redis(services: Services, port: int) -> None:
+    import redis
+    try:
+        redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
+        print(f"  Redis already answers on 127.0.0.1:{port}: using it")
+        return
+    except redis.ConnectionError:
+        pass
+    server = shutil.which("redis-server")
+    if server is None:
+        sys.exit("error: no Redis on 127.0.0.1:%d and no redis-server on PATH (apt install redis-server)" % port)
+    data = RUN / "redis"
+    data.mkdir(exist_ok=True)
+    services.start("redis", [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(data)], dict(os.environ))
+    for _ in range(50):
+        try:
+            redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.2)
+    sys.exit(f"error: redis-server did not start; see {RUN / 'redis.log'}")
+
+
+def start_label_studio(services: Services, port: int) -> str:
+    binary = label_studio_bin()
+    if not binary.exists():
+        sys.exit(f"error: Label Studio is not installed at {binary}: run `make venv-ls`")
+    data = VAR / "label-studio"
+    data.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    proc = services.start("label-studio", label_studio_argv(binary, data, port),
+                          label_studio_env(data, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN), cwd=data)
+    print("  waiting for Label Studio (the first start runs its migrations: about a minute)")
+    wait_until_ready(url, ADMIN_TOKEN, proc, RUN / "label-studio.log", timeout_s=600)
+    return url
+
+
+def backend_env(ls_url: str, redis_url: str, model_path: Path | None, backend_url: str) -> dict:
+    unset = ("MODEL_NAME_OR_PATH", "BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update({"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "REDIS_URL": redis_url,
+                "MODEL_DIR": str(VAR / "adapters"), "PUBLIC_URL": backend_url,
+                # Label Studio's webhook gets this header from the backend's connect job.
+                "WEBHOOK_SECRET": secrets.token_urlsafe(24), "PYTHONPATH": str(ROOT)})
+    if model_path is not None:
+        env["MODEL_NAME_OR_PATH"] = str(model_path)
+    return env
+
+
+def wait_for_backend(url: str, proc: subprocess.Popen) -> None:
+    import httpx
+    for _ in range(240):
+        if proc.poll() is not None:
+            sys.exit(f"error: the backend exited; see {RUN / 'backend.log'}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"error: the backend did not answer on {url}; see {RUN / 'backend.log'}")
+
+
+# ---------------------------------------------------------------------------------- project
+def demo_rows(tiny: bool, per_task: int) -> list[dict]:
+    from model.evaluation.data import natural_instructions_rows, synthetic_rows
+    if tiny:
+        return synthetic_rows(pool_per_task=per_task, test_per_task=0)
+    print("  reading Natural Instructions from the BIG-bench archive (downloaded once, 358 MB)")
+    # The evaluation loader's cache wants a test split in every task: draw one row and drop it.
+    rows = natural_instructions_rows(SUBTASKS, pool_per_task=per_task, test_per_task=1,
+                                     max_prompt_chars=1000, max_reference_words=30)
+    return [r for r in rows if r["split"] == "pool"]
+
+
+def ensure_project(client: LabelStudioClient, title: str, rows: list[dict]) -> int:
+    found = client.find_project(title)
+    if found:
+        print(f"  reusing project {found['id']} {title!r} ({found.get('task_number', '?')} tasks)")
+        return found["id"]
+    project = client.create_project(title, LABEL_CONFIG, description="Weighted Task Diversity demo")["id"]
+    n = client.import_tasks(project, [{"data": {"prompt": r["prompt"], "task": r["task"]}} for r in rows])
+    print(f"  created project {project} {title!r} with {n} tasks")
+    return project
+
+
+def connect_backend(client: LabelStudioClient, project: int, backend_url: str, params: dict) -> None:
+    """Connect once; on a rerun, re-send the settings (Label Studio then calls /setup again)."""
+    mine = [b for b in client.ml_backends(project) if b["url"].rstrip("/") == backend_url]
+    if mine:
+        client.set_extra_params(mine[0]["id"], params)
+    else:
+        client.connect_ml_backend(project, backend_url, params, title="Weighted Task Diversity")
+
+
+BUSY = {"queued", "started", "deferred", "scheduled"}
+
+
+def wait_for_queue(client: LabelStudioClient, backend_url: str, project: int, services: Services) -> dict:
+    """Until no job of the project is pending and Label Studio serves the backend's latest queue.
+
+    A rerun with unchanged settings starts no job: the queue already written is the answer then.
+    Shows scoring progress; stops on a failed job.
+    """
+    import httpx
+    last = ""
+    while True:
+        if services.dead():
+            sys.exit(f"error: {', '.join(services.dead())} stopped; see the logs in {RUN}")
+        m = httpx.get(f"{backend_url}/metrics", timeout=10).json()["projects"].get(str(project), {})
+        jobs = list(m.get("jobs", {}).values())
+        failed = [j for j in jobs if j.get("status") == "failed"]
+        if failed:
+            sys.exit(f"error: job {failed[0]['id']} failed: {failed[0].get('error')}; see {RUN / 'worker.log'}")
+        scoring = m.get("scoring", {})
+        busy = any(j.get("status") in BUSY for j in jobs) or any(s in BUSY for s in scoring.get("by_status", {}))
+        queue = m.get("queue")
+        if not busy and queue and queue["model_version"] == client.project(project)["model_version"]:
+            return queue
+        finished = scoring.get("by_status", {}).get("finished", 0)
+        line = (f"  scoring: {finished}/{scoring.get('chunks', 0)} chunks done, "
+                f"{scoring.get('done', 0)} prompts so far")
+        if scoring.get("chunks") and line != last:
+            print(line, flush=True)
+            last = line
+        time.sleep(2)
+
+
+def allocation_rows(st, client: LabelStudioClient, project: int
+                    ) -> tuple[list[dict], dict, list[dict], list[dict]]:
+    """Per task: prompts, confidence, allocation and first queue positions; plus score and queue rows."""
+    selection = st.selection(project)
+    task_of = {t["id"]: t["data"].get("task") for t in client.tasks(project)}
+    positions = st.positions(project, list(task_of))
+    first = {}
+    for task_id, pos in sorted(positions.items(), key=lambda kv: kv[1]):
+        first.setdefault(task_of[task_id], []).append(pos + 1)
+    table = [{"task": task, "prompts": selection["task_sizes"].get(task, 0),
+              "confidence": selection["task_confidence"].get(task),
+              "allocated": selection["allocation"].get(task, 0), "first": first.get(task, [])[:5]}
+             for task in selection["task_sizes"]]
+    table.sort(key=lambda r: (r["confidence"] is None, r["confidence"] or 0.0))
+    scores = st.scores(project, selection["score_key"])
+    score_rows = [{"task": task_of[i], **row} for i, row in scores.items() if i in task_of]
+    queue_rows = [{"id": i, "task": task_of[i]} for i in selection["order"]]
+    return table, selection, score_rows, queue_rows
+
+
+def print_allocation(table: list[dict], budget: int) -> None:
+    width = max(len("task"), *(len(str(r["task"])) for r in table))
+    print(f"\n  {'task':<{width}}  prompts  mean conf.  allocated  first queue positions")
+    for r in table:
+        conf = f"{r['confidence']:.3g}" if r["confidence"] is not None else "-"
+        print(f"  {str(r['task']):<{width}}  {r['prompts']:>7}  {conf:>10}  {r['allocated']:>9}  "
+              f"{', '.join(map(str, r['first']))}")
+    print(f"  budget: {budget} prompts; least confident tasks first\n")
+
+
+def write_png(score_rows: list[dict], queue_rows: list[dict], budget: int, out: Path) -> Path | None:
+    try:
+        from model.report import plot_allocation
+    except ImportError:
+        return None
+    return plot_allocation(score_rows, queue_rows, out, budget=budget, strategy="weighted_task_diversity")
+
+
+# ---------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="offline: synthetic prompts and the tiny test model")
+    p.add_argument("--per-task", type=int, default=25, help="prompts per task (default 25)")
+    p.add_argument("--budget", type=int, default=None, help="prompts to annotate (default: 30%% of the tasks)")
+    p.add_argument("--train-every", type=int, default=10, help="retrain after this many annotations")
+    p.add_argument("--ls-port", type=int, default=8080)
+    p.add_argument("--backend-port", type=int, default=9090)
+    p.add_argument("--redis-port", type=int, default=6379)
+    # Separate databases: a backend re-scores every project it knows when the model changes.
+    p.add_argument("--redis-db", type=int, default=None, help="default 0, or 1 with --tiny")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    services = Services()
+    # Explicit handlers: a shell that starts us in the background sets SIGINT to "ignore".
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        return run(a, services)
+    except KeyboardInterrupt:
+        print("\nstopping")
+        return 0
+    finally:
+        services.stop_all()
+
+
+def run(a, services: Services) -> int:
+    from backend.store import Store, connect
+
+    print("data")
+    rows = demo_rows(a.tiny, a.per_task)  # first: a data problem should not cost a Label Studio start
+    print("services")
+    stop_leftovers()
+    need_free(a.ls_port, "Label Studio", "--ls-port")
+    need_free(a.backend_port, "the backend", "--backend-port")
+    ensure_redis(services, a.redis_port)
+    db = a.redis_db if a.redis_db is not None else int(a.tiny)
+    redis_url = f"redis://127.0.0.1:{a.redis_port}/{db}"
+    ls_url = start_label_studio(services, a.ls_port)
+
+    model_path = None
+    if a.tiny:
+        from model.tiny import make_tiny_model
+        model_path = make_tiny_model(VAR / "models" / "tiny")
+    backend_url = f"http://127.0.0.1:{a.backend_port}"
+    env = backend_env(ls_url, redis_url, model_path, backend_url)
+    backend = services.start("backend", [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1",
+                                         "--port", str(a.backend_port)], env)
+    services.start("worker", [sys.executable, "-m", "backend", "worker"], env)
+    wait_for_backend(backend_url, backend)
+
+    print("project")
+    client = LabelStudioClient(ls_url, ADMIN_TOKEN)
+    title = "WTD demo (tiny, synthetic)" if a.tiny else "WTD demo: Natural Instructions"
+    project = ensure_project(client, title, rows)
+    n_tasks = len(client.tasks(project))
+    budget = a.budget or max(1, round(0.3 * n_tasks))
+    params = {"budget": budget, "task_field": "task", "min_per_task": 3, "train_every": a.train_every,
+              "max_new_tokens": 16 if a.tiny else 32}
+    connect_backend(client, project, backend_url, params)
+
+    queue = wait_for_queue(client, backend_url, project, services)
+    st = Store(connect(redis_url))
+    table, selection, score_rows, queue_rows = allocation_rows(st, client, project)
+    print_allocation(table, selection["budget"])
+    png = write_png(score_rows, queue_rows, selection["budget"], VAR / "demo" / "allocation.png")
+
+    print(f"Label Studio   {ls_url}/projects/{project}/data   (Label All Tasks follows the queue)")
+    print(f"login          {ADMIN_EMAIL} / {ADMIN_PASSWORD}   (API token {ADMIN_TOKEN})")
+    print(f"queue          {queue['model_version']}: {queue['selected']} selected of {queue['tasks']} tasks")
+    print(f"backend        {backend_url}/metrics")
+    if png:
+        print(f"allocation     {png.relative_to(ROOT)}")
+    print("Ctrl-C stops everything this script started.")
+    while not services.dead():
+        time.sleep(2)
+    sys.exit(f"error: {', '.join(services.dead())} stopped; see the logs in {RUN}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

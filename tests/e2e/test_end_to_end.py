@@ -1,0 +1,202 @@
+"""Acceptance test: real Label Studio + ``python -m backend serve`` + ``worker --burst`` + a real Redis.
+
+A project of 40 prompts in 4 tasks gets its queue from the backend; Label Studio's own "next task"
+endpoint must serve exactly the Weighted-Task-Diversity order recomputed here from the stored scores.
+Annotations then train a LoRA adapter (through the webhook), whose drafts replace the predictions
+under a new model_version while the rest of the queue keeps its order.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from backend.labelstudio import LabelStudioClient
+from backend.settings import Settings
+from backend.store import Store
+from model.config import SelectionConfig
+from model.strategies import select
+from scripts.local_labelstudio import REPO, free_port, stop_process_group
+
+pytestmark = pytest.mark.e2e
+
+REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
+LABEL_CONFIG = ('<View><Text name="prompt" value="$prompt"/>'
+                '<TextArea name="response" toName="prompt"/></View>')
+BUDGET, MIN_PER_TASK, TRAIN_EVERY = 20, 2, 4
+EXTRA_PARAMS = {"budget": BUDGET, "min_per_task": MIN_PER_TASK, "train_every": TRAIN_EVERY,
+                "task_field": "task", "max_new_tokens": 8, "epochs": 1, "batch_size": 4, "r": 4}
+AUTH = ("ls-backend", "e2e-basic-pass")
+TEMPLATES = {
+    "sentiment": "Classify the sentiment of this review as positive or negative: {}",
+    "translate": "Translate this sentence into French: {}",
+    "summary": "Summarize the following text in one sentence: {}",
+    "count": "Count the number of words in the sentence: {}",
+}
+SUBJECTS = ["the quick brown fox jumps over the lazy dog", "annotators write responses to prompts",
+            "label studio sends webhooks to the backend", "a b c d e f", "yes no true false",
+            "the order of the letters", "one two three", "a question about the passage",
+            "the lazy dog sleeps", "0 1 2 3 4 5 6 7 8 9"]
+
+
+@pytest.fixture
+def e2e_redis():
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except redis.ConnectionError as e:
+        pytest.fail(f"the e2e test needs a real Redis at {REDIS_URL}: {e}")
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+def backend_env(label_studio, model_dir: Path, adapters: Path) -> dict[str, str]:
+    url, token = label_studio
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "BASIC_AUTH_"))}
+    env.update({"LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token, "REDIS_URL": REDIS_URL,
+                "MODEL_NAME_OR_PATH": str(model_dir), "MODEL_DIR": str(adapters), "DEVICE": "cpu",
+                "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "PYTHONPATH": str(REPO),
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+@pytest.fixture
+def backend(label_studio, tiny_model_dir, tmp_path, e2e_redis):
+    """``python -m backend serve`` on a free 127.0.0.1 port: (url, env, adapters dir, log path)."""
+    adapters = tmp_path / "adapters"
+    env = backend_env(label_studio, tiny_model_dir, adapters)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "backend.log"
+    with open(log_path, "wb") as log:
+        argv = [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_health(url, proc, log_path)
+        yield url, env, adapters, log_path
+    finally:
+        stop_process_group(proc)
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"backend exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", auth=AUTH, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"backend did not answer /health in {timeout_s}s:\n{log_path.read_text()[-3000:]}")
+
+
+def run_worker(env: dict, tmp_path: Path, conn: redis.Redis, timeout_s: float = 300) -> None:
+    """Run a burst worker until the queues are empty; fail on a hang or on any failed job."""
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+
+    log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "worker", "--burst"], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process_group(proc)
+        pytest.fail(f"burst worker still running after {timeout_s}s:\n{log_path.read_text()[-4000:]}")
+    assert rc == 0, f"worker exited with {rc}:\n{log_path.read_text()[-4000:]}"
+    failed = []
+    for name in Settings().queues:
+        queue = Queue(name, connection=conn)
+        jobs = (queue.fetch_job(i) for i in FailedJobRegistry(queue=queue).get_job_ids())
+        failed += [job.latest_result().exc_string for job in jobs if job]
+    assert not failed, "failed jobs:\n" + "\n".join(failed)
+
+
+def textarea(text: str) -> list[dict]:
+    return [{"from_name": "response", "to_name": "prompt", "type": "textarea", "value": {"text": [text]}}]
+
+
+def expected_queue(st: Store, project: int, tasks: list[dict]) -> tuple[list[int], dict]:
+    """The queue recomputed from the stored base-model scores: selected prompts, then the rest by id."""
+    key = st.queue(project)["selection_key"]
+    scores = st.scores(project, key)
+    assert sorted(scores) == sorted(t["id"] for t in tasks), "every prompt must be scored"
+    rows = [{"id": t["id"], "task": t["data"]["task"], "prompt": t["data"]["prompt"], **scores[t["id"]]}
+            for t in sorted(tasks, key=lambda t: t["id"])]
+    sel = select(rows, SelectionConfig(budget=BUDGET, min_per_task=MIN_PER_TASK))
+    chosen = [rows[i]["id"] for i in sel.order]
+    return chosen + sorted({r["id"] for r in rows} - set(chosen)), sel.allocation
+
+
+def serve_and_annotate(client: LabelStudioClient, project: int, n: int) -> list[int]:
+    served = []
+    for _ in range(n):
+        task = client.next_task(project)
+        if task is None:
+            break
+        served.append(task["id"])
+        client.create_annotation(task["id"], textarea(f"reference answer {len(served)}"))
+    return served
+
+
+def active_predictions(client: LabelStudioClient, project: int) -> tuple[str, list[dict]]:
+    version = client.project(project)["model_version"]
+    return version, [p for p in client.predictions(project) if p["model_version"] == version]
+
+
+def test_queue_served_in_order_and_retrained_from_annotations(label_studio, backend, e2e_redis, tmp_path):
+    backend_url, env, adapters, backend_log = backend
+    client = LabelStudioClient(*label_studio)
+    st = Store(e2e_redis)
+
+    project = client.create_project(f"e2e-{uuid.uuid4().hex[:8]}", LABEL_CONFIG)["id"]
+    data = [{"prompt": template.format(subject), "task": task}
+            for task, template in TEMPLATES.items() for subject in SUBJECTS]
+    assert client.import_tasks(project, [{"data": d} for d in data]) == 40
+    client.connect_ml_backend(project, backend_url, EXTRA_PARAMS, basic_auth=AUTH)
+    run_worker(env, tmp_path, e2e_redis)
+
+    # The first queue: Weighted Task Diversity over the base model's scores.
+    tasks = client.tasks(project)
+    queue, allocation = expected_queue(st, project, tasks)
+    assert sum(allocation.values()) == BUDGET and min(allocation.values()) >= MIN_PER_TASK
+    first_version, preds = active_predictions(client, project)
+    assert len(preds) == 40 and client.project(project)["sampling"] == "Uncertainty sampling"
+    assert [p["task"] for p in sorted(preds, key=lambda p: p["score"])] == queue
+    # The webhook Label Studio created got the backend's credentials (else events would be 401s).
+    [hook] = [w for w in client.webhooks(project) if w["url"].startswith(backend_url)]
+    assert hook["headers"]["Authorization"] == "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
+
+    # Annotators follow Label Studio's own queue; the 4th annotation's webhook enqueues a training.
+    assert serve_and_annotate(client, project, TRAIN_EVERY) == queue[:TRAIN_EVERY]
+    assert st.last_training(project) is None
+    run_worker(env, tmp_path, e2e_redis)
+
+    training = st.last_training(project)
+    assert training is not None, f"no training ran; backend log:\n{backend_log.read_text()[-3000:]}"
+    version = training["version"]
+    assert (adapters / str(project) / version).is_dir() and st.adapter(project) == version
+
+    # The drafts now come from the new adapter, under a new model_version, in the same order.
+    new_version, preds = active_predictions(client, project)
+    assert new_version != first_version
+    state = st.queue(project)
+    assert state["model_version"] == new_version and version in state["score_key"]
+    rest = queue[TRAIN_EVERY:]
+    assert [p["task"] for p in sorted(preds, key=lambda p: p["score"])] == rest
+    drafts = st.scores(project, state["score_key"], rest)
+    assert all(p["result"] == textarea(drafts[p["task"]]["response"]) for p in preds)
+
+    assert serve_and_annotate(client, project, len(rest) + 1) == rest
