@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from tests.support import empty_redis
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,12 +34,15 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture
 def redis_url():
     """A real Redis (db 15), emptied before and after the test."""
-    import redis
-    conn = redis.Redis.from_url(TEST_REDIS_URL)
-    try:
-        conn.ping()
-    except redis.ConnectionError as e:
-        pytest.fail(f"these tests need a real Redis at {TEST_REDIS_URL}: {e}")
-    conn.flushdb()
-    yield TEST_REDIS_URL
-    conn.flushdb()
+    with empty_redis(TEST_REDIS_URL):
+        yield TEST_REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model ops are too small to split: extra torch threads only fight over a busy machine's CPUs."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

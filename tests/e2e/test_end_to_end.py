@@ -25,6 +25,7 @@ from backend.store import Store
 from model.config import SelectionConfig
 from model.strategies import select
 from scripts.local_labelstudio import REPO, free_port, stop_process_group
+from tests.support import empty_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +50,8 @@ SUBJECTS = ["the quick brown fox jumps over the lazy dog", "annotators write res
 
 @pytest.fixture
 def e2e_redis():
-    conn = redis.Redis.from_url(REDIS_URL)
-    try:
-        conn.ping()
-    except redis.ConnectionError as e:
-        pytest.fail(f"the e2e test needs a real Redis at {REDIS_URL}: {e}")
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
+    with empty_redis(REDIS_URL) as conn:
+        yield conn
 
 
 def backend_env(label_studio, model_dir: Path, adapters: Path) -> dict[str, str]:

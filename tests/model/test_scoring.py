@@ -18,13 +18,7 @@ PROMPTS = ["hello", "summarize the following text in one sentence please",
 METRIC_KEYS = {"sequence_prob", "mean_logprob", "mean_entropy", "min_margin", "n_tokens"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model's ops are too small to split: a second thread only adds synchronisation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

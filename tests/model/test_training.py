@@ -16,13 +16,7 @@ CFG = TrainConfig(epochs=12, batch_size=4, learning_rate=1e-2, seed=3)
 PROBE = ["answer the question briefly", "translate this sentence into french"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: extra threads only fight over the shared CPUs (10x slower on a busy box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
