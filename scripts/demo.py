@@ -195,10 +195,8 @@ def demo_rows(tiny: bool, per_task: int) -> list[dict]:
     if tiny:
         return synthetic_rows(pool_per_task=per_task, test_per_task=0)
     print("  reading Natural Instructions from the BIG-bench archive (downloaded once, 358 MB)")
-    # The evaluation loader's cache wants a test split in every task: draw one row and drop it.
-    rows = natural_instructions_rows(SUBTASKS, pool_per_task=per_task, test_per_task=1,
+    return natural_instructions_rows(SUBTASKS, pool_per_task=per_task, test_per_task=0,
                                      max_prompt_chars=1000, max_reference_words=30)
-    return [r for r in rows if r["split"] == "pool"]
 
 
 def ensure_project(client: LabelStudioClient, title: str, rows: list[dict]) -> int:

@@ -41,8 +41,9 @@ NI_DIR = "/benchmark_tasks/natural_instructions/"
 
 # ------------------------------------------------------------------------------------- user's own data
 
-def read_rows(path) -> list[dict]:
-    """Validated evaluation rows from a JSONL file; every task must have pool and test rows."""
+def read_rows(path, check_splits: bool = True) -> list[dict]:
+    """Validated evaluation rows from a JSONL file; with ``check_splits`` every task must have pool and
+    test rows (the harness needs both; a pool-only file, like the demo's, does not)."""
     rows = read_jsonl(path, required=FIELDS)
     seen: dict = {}
     for i, row in enumerate(rows, 1):
@@ -62,7 +63,8 @@ def read_rows(path) -> list[dict]:
         if alternatives is not None and (not isinstance(alternatives, list)
                                          or not all(isinstance(a, str) for a in alternatives)):
             raise InputError(path, i, "alternatives", "must be a list of strings")
-    _check_splits(rows, path)
+    if check_splits:
+        _check_splits(rows, path)
     return rows
 
 
@@ -209,7 +211,7 @@ def natural_instructions_rows(subtasks: list[str], pool_per_task: int, test_per_
                       seed, definition])
     cached = cache_dir() / "data" / f"ni-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
     if cached.exists():
-        return read_rows(cached)
+        return read_rows(cached, check_splits=test_per_task > 0)
     tasks = read_ni_subtasks(subtasks)
     rows = [row for name in subtasks for row in ni_rows_from_task(
         name, tasks[name], pool_per_task, test_per_task, max_prompt_chars, max_reference_words, seed,
