@@ -6,7 +6,8 @@ Rules (also in docs/selection.md):
   confident*: ``sequence_prob`` and ``min_margin`` as they are, ``exp(mean_logprob)`` (the per-token
   geometric-mean probability) and ``exp(-mean_entropy)`` (entropy is higher when less confident).
   A task's confidence c_t is the mean of its examples' confidences; its weight is
-  w_t = 1 / max(c_t, EPSILON).
+  w_t = 1 / c_t, scaled by the smallest c_t (only ratios matter); c_t = 0 is floored at the
+  smallest positive float.
 * Every task first gets its base, min(min_per_task, n_t); the rest of min(B, pool size) is shared in
   proportion to w_t among tasks that still have room, capped by n_t, re-sharing whatever a cap
   frees until it is all used (water filling). Real shares become integers by largest remainder.
@@ -24,8 +25,10 @@ import numpy as np
 
 from model.config import METRICS
 
-EPSILON = 1e-6
-"""Confidence floor: a task whose confidence is 0 gets weight 1/EPSILON instead of infinity."""
+CONFIDENCE_FLOOR = np.finfo(np.float64).tiny
+"""A task whose confidence is 0 (``sequence_prob`` underflows on long responses) counts as this.
+A fixed epsilon would flatten real confidences: a 64-token response at mean log-prob -0.5 has
+sequence_prob ~1e-14, and every task below the epsilon would get the same weight."""
 
 
 def check_count(name: str, value) -> int:
@@ -53,8 +56,9 @@ def task_confidence(values_by_task: Mapping[Hashable, object], metric: str) -> d
 
 
 def confidence_weights(confidence) -> np.ndarray:
-    """w_t = 1 / c_t, with c_t floored at EPSILON so a zero-confidence task stays finite."""
-    return 1.0 / np.maximum(np.asarray(confidence, dtype=np.float64), EPSILON)
+    """w_t proportional to 1 / c_t, as c_min / c_t in (0, 1] so that 1/1e-300 cannot overflow."""
+    c = np.maximum(np.asarray(confidence, dtype=np.float64), CONFIDENCE_FLOOR)
+    return c.min() / c
 
 
 def allocate(sizes: Mapping[Hashable, int], budget: int, min_per_task: int = 5,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.allocation import EPSILON, allocate, confidence_weights, example_confidence, task_confidence
+from model.allocation import CONFIDENCE_FLOOR, allocate, confidence_weights, example_confidence, task_confidence
 
 
 def by_confidence(confidence: dict) -> dict:
@@ -86,8 +86,18 @@ def test_metric_transforms_make_lower_mean_less_confident():
 
 def test_zero_confidence_gets_a_finite_largest_weight():
     w = confidence_weights([0.0, 0.5])
-    assert w[0] == 1 / EPSILON and np.isfinite(w).all()
+    assert w[0] == 1 and w[1] == CONFIDENCE_FLOOR / 0.5 and np.isfinite(w).all()
     assert allocate({"a": 50, "b": 50}, 20, 5, {"a": w[0], "b": w[1]})["a"] == 15
+
+
+def test_tiny_confidences_keep_their_ratios():
+    """Long responses give sequence_prob far below any fixed epsilon; 1/c must still order the tasks."""
+    w = confidence_weights([2e-34, 4e-34, 1e-300])
+    assert w == pytest.approx([1e-300 / 2e-34, 1e-300 / 4e-34, 1.0])
+    c = {"a": 1e-20, "b": 2e-20, "c": 4e-20}
+    weights = dict(zip(c, confidence_weights(list(c.values()))))
+    # base 5 each = 15; 21 more shared 4:2:1 -> 12, 6, 3
+    assert allocate({t: 100 for t in c}, 36, 5, weights) == {"a": 17, "b": 11, "c": 8}
 
 
 def iterative_shares(sizes, budget, base, weights):
