@@ -51,6 +51,12 @@ def read_jsonl(path, required: Iterable[str] = (), numeric: Iterable[str] = ()) 
     return rows
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path, mode: str = "w") -> Iterator:
     """Write to a temporary file beside ``path`` and rename it into place only on success."""
@@ -60,6 +66,7 @@ def atomic_open(path, mode: str = "w") -> Iterator:
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -144,12 +144,8 @@ class Experiment:
     def rescore(self, lm, indices: np.ndarray) -> dict:
         """Confidence metrics of ``indices`` under ``lm`` (the round-1 adapter), as Pool score columns."""
         from model.scoring import score_rows
-        rows = score_rows([self.pool_rows[i] for i in indices], lm, self.scoring_config())
+        rows = score_rows([self.pool_rows[i] for i in indices], lm, _scoring_config(self.cfg))
         return _score_columns(rows)
-
-    def scoring_config(self) -> ScoringConfig:
-        return ScoringConfig(max_new_tokens=self.cfg.score_max_new_tokens, batch_size=self.cfg.batch_size,
-                             progress=False)
 
     def evaluate(self, lm) -> dict:
         from model.scoring import generate, response_logprobs
@@ -262,9 +258,12 @@ def score_pool(lm, pool_rows: list[dict], cfg: EvalConfig) -> list[dict]:
     """The base model's greedy response and confidence metrics for every pool prompt."""
     from model.config import METRICS
     from model.scoring import score_rows
-    scoring = ScoringConfig(max_new_tokens=cfg.score_max_new_tokens, batch_size=cfg.batch_size, progress=False)
     return [{"id": r["id"], "task": r["task"], "response": r["response"], **{m: r[m] for m in METRICS}}
-            for r in score_rows(pool_rows, lm, scoring)]
+            for r in score_rows(pool_rows, lm, _scoring_config(cfg))]
+
+
+def _scoring_config(cfg: EvalConfig) -> ScoringConfig:
+    return ScoringConfig(max_new_tokens=cfg.score_max_new_tokens, batch_size=cfg.batch_size, progress=False)
 
 
 def run_experiment(cfg: EvalConfig, rows: list[dict], out_dir: Path, device: str | None, metadata: dict) -> dict:
@@ -282,6 +281,8 @@ def run_experiment(cfg: EvalConfig, rows: list[dict], out_dir: Path, device: str
         raise ResultsMismatch(f"{out_dir}/results.json holds results of a different data set, model or training "
                               f"setup ({doc['fingerprint']} != {fp}); choose another --output")
     specs = plan_runs(cfg, len(pool_rows))
+    # Each invocation may add strategies, budgets or ablation values: keep every command line.
+    doc["metadata"].setdefault("invocations", []).append({k: metadata[k] for k in ("date", "command")})
     doc["metadata"].update(metadata, model=lm.name_or_path, config=cfg.to_dict(), n_pool=len(pool_rows),
                            n_test=len(test_rows), tasks=sorted({str(r["task"]) for r in rows}))
     if not doc["pool_scores"]:

@@ -169,3 +169,13 @@ def test_score_then_select_round_trip(tmp_path, tiny_model_dir):
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["rank"] for line in queue.read_text().splitlines()] == list(range(6))
     assert "t0" in r.stderr and "allocation" in r.stderr
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path, capsys):
+    import os
+    from model.io import write_jsonl
+    out = tmp_path / "rows.jsonl"
+    write_jsonl(out, [{"id": 1}])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
