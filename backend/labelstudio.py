@@ -172,11 +172,9 @@ class LabelStudioClient:
                              f"e.g. task {bad[0].get('task')} score {bad[0].get('score')}")
         created = 0
         path = f"/api/projects/{project_id}/import/predictions"
-        for start in range(0, len(predictions), PREDICTION_CHUNK):
-            chunk = predictions[start:start + PREDICTION_CHUNK]
-            resp = self._call("POST", path, lambda: self._sdk.projects.import_predictions(
-                project_id, request=chunk), idempotent=False)
-            n = _as_dict(resp).get("created", 0)
+        send = lambda chunk: self._sdk.projects.import_predictions(project_id, request=chunk)  # noqa: E731
+        for chunk, resp in self._post_in_chunks(path, predictions, PREDICTION_CHUNK, send):
+            n = resp.get("created", 0)
             if n != len(chunk):
                 raise LabelStudioError(
                     f"Label Studio POST {path} created {n} of {len(chunk)} predictions; it drops "
@@ -243,14 +241,17 @@ class LabelStudioClient:
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
         """Import tasks (``{"data": {...}}`` or bare data dicts) in chunks; returns the count."""
-        count = 0
         path = f"/api/projects/{project_id}/import"
-        for start in range(0, len(tasks), TASK_IMPORT_CHUNK):
-            chunk = tasks[start:start + TASK_IMPORT_CHUNK]
-            resp = self._call("POST", path, lambda: self._sdk.projects.import_tasks(
-                project_id, request=chunk), idempotent=False)
-            count += _as_dict(resp).get("task_count", 0)
-        return count
+        send = lambda chunk: self._sdk.projects.import_tasks(project_id, request=chunk)  # noqa: E731
+        return sum(resp.get("task_count", 0)
+                   for _, resp in self._post_in_chunks(path, tasks, TASK_IMPORT_CHUNK, send))
+
+    def _post_in_chunks(self, path: str, items: list, size: int, send):
+        """POST ``items`` ``size`` at a time (a POST is not re-sent once it may have acted); yields
+        each chunk with its reply as a dict."""
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            yield chunk, _as_dict(self._call("POST", path, lambda: send(chunk), idempotent=False))
 
     def connect_ml_backend(self, project_id: int, url: str, extra_params: dict | None = None,
                            title: str = "wtd-backend", basic_auth: tuple[str, str] | None = None) -> int:
