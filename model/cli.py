@@ -77,9 +77,10 @@ def _selection_rows(a) -> list[dict]:
         if row["id"] in seen:
             raise InputError(a.input, i, "id", f"duplicate of row {seen[row['id']]}")
         seen[row["id"]] = i
-        for f in ("task", "prompt"):
-            if f in required and not isinstance(row[f], (str, int)):
-                raise InputError(a.input, i, f, f"not a string: {row[f]!r}")
+        if "task" in required and (isinstance(row["task"], bool) or not isinstance(row["task"], (str, int))):
+            raise InputError(a.input, i, "task", f"not a string or integer: {row['task']!r}")
+        if "prompt" in required and not isinstance(row["prompt"], str):
+            raise InputError(a.input, i, "prompt", f"not a string: {row['prompt']!r}")
     if a.infer_tasks is not None:
         from model.embeddings import embed
         from model.tasks import infer_tasks
