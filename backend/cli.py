@@ -66,10 +66,11 @@ def cmd_serve(a) -> int:
 def cmd_worker(a) -> int:
     from rq import SimpleWorker
 
-    from backend import jobs
+    from backend import wiring
+    from backend.enqueue import schedule_reconcile
     s = get_settings()
-    conn = jobs.redis_conn()
-    jobs.schedule_reconcile()
+    conn = wiring.redis_conn()
+    schedule_reconcile()
     # SimpleWorker runs jobs in this process (no fork per job): the model stays loaded between jobs.
     worker = SimpleWorker(a.queue or s.queues, connection=conn)
     worker.work(burst=a.burst, with_scheduler=True)
@@ -80,11 +81,13 @@ CHANGEABLE = ("budget", "min_per_task", "strategy", "metric", "train_every", "ro
 
 
 def cmd_settings(a) -> int:
-    from backend import jobs
+    from backend import wiring
+    from backend.enqueue import enqueue_refresh
+    from backend.project import our_backend
     from backend.project_config import ProjectConfigError, extra_params_dict, parse_extra_params
 
-    client, st = jobs.make_client(), jobs.store()
-    backend = jobs.our_backend(client.ml_backends(a.project), get_settings())
+    client, st = wiring.make_client(), wiring.store()
+    backend = our_backend(client.ml_backends(a.project), get_settings())
     if backend is None:
         return _fail(f"project {a.project}: no ML backend of this service is connected")
     changes = {k: getattr(a, k) for k in CHANGEABLE if getattr(a, k) is not None}
@@ -93,7 +96,7 @@ def cmd_settings(a) -> int:
         parse_extra_params(params)
     except ProjectConfigError as e:
         return _fail(str(e))
-    if a.adapter is not None and a.adapter not in jobs.adapter_store().versions(str(a.project)):
+    if a.adapter is not None and a.adapter not in wiring.adapter_store().versions(str(a.project)):
         return _fail(f"--adapter: project {a.project} has no stored adapter version {a.adapter!r}")
     if changes:
         client.set_extra_params(backend["id"], params)
@@ -101,16 +104,16 @@ def cmd_settings(a) -> int:
     if a.adapter is not None:
         st.set_adapter(a.project, a.adapter)
     if changes or a.adapter is not None:
-        jobs.enqueue_refresh(a.project)
+        enqueue_refresh(a.project)
     state = project_state(client, st, a.project)
     print(json.dumps(state, indent=2, default=str) if a.json else _human(state))
     return 0
 
 
 def project_state(client, st, project: int) -> dict:
-    from backend import jobs
+    from backend.project import load_project
 
-    proj = jobs.load_project(client, st, project)
+    proj = load_project(client, st, project)
     unlabeled = proj.unlabeled
     positions = st.positions(project, [t["id"] for t in unlabeled])
     return {"project": project, "settings": proj.config.model_dump(),

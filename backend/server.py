@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from typing import Any
 
 import redis
@@ -18,10 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
-from backend import jobs
+from backend import enqueue, wiring
+from backend.metrics import all_metrics
+from backend.model_cache import score_tasks
+from backend.project import current_adapters
+from backend.queue_writer import queue_score
 from backend.annotations import LabelConfigError, parse_label_config, textarea_result
 from backend.project_config import ProjectConfig, ProjectConfigError, extra_params_dict, parse_extra_params
 from backend.settings import get_settings
@@ -166,11 +168,11 @@ async def setup(request: Request) -> dict:
         parse_label_config(body.label_config)
     except (ProjectConfigError, LabelConfigError) as e:
         raise HTTPException(400, str(e)) from None
-    st = jobs.store()
+    st = wiring.store()
     # Label Studio re-runs /setup whenever the project changes - including our own queue activation -
     # so only changed settings or a project not connected yet start a connect, else each pass loops.
-    if st.save_setup(body.project, body.label_config, params) or not jobs.connected(body.project):
-        jobs.enqueue_connect(body.project)
+    if st.save_setup(body.project, body.label_config, params) or not enqueue.connected(body.project):
+        enqueue.enqueue_connect(body.project)
     return {"model_version": _model_version(st.queue(body.project), body.project)}
 
 
@@ -183,7 +185,7 @@ def _project_config(st, project: int) -> tuple[ProjectConfig, str | None]:
 @app.post("/predict", dependencies=[Depends(require_auth)])
 async def predict(request: Request) -> dict:
     body = _validated(PredictBody, await _json(request))
-    st = jobs.store()
+    st = wiring.store()
     config, saved_label_config = _project_config(st, body.project)
     try:
         iface = parse_label_config(body.label_config or saved_label_config or "")
@@ -192,15 +194,15 @@ async def predict(request: Request) -> dict:
     field = config.prompt_field or iface.prompt_field
     rows = [{"id": t.id, "prompt": t.data.get(field)} for t in body.tasks]
     rows = [r for r in rows if isinstance(r["prompt"], str) and r["prompt"].strip()]
-    adapter = jobs.valid_adapter(body.project, st.adapter(body.project))
-    drafts = await run_in_threadpool(jobs.score_tasks, body.project, adapter, rows, config.max_new_tokens)
+    adapter, _ = current_adapters(st, body.project, config.rounds)
+    drafts = await run_in_threadpool(score_tasks, body.project, adapter, rows, config.max_new_tokens)
     positions = st.positions(body.project, [t.id for t in body.tasks])
     queue = st.queue(body.project)
     version, length = _model_version(queue, body.project), (queue or {}).get("predictions", 0)
     # Tasks not in the written queue (new, not yet planned) rank after every queued one.
     return {"results": [
         {"result": textarea_result(iface, drafts[t.id]["response"]) if t.id in drafts else [],
-         "score": jobs.queue_score(positions.get(t.id, -1), length), "model_version": version}
+         "score": queue_score(positions.get(t.id, -1), length), "model_version": version}
         for t in body.tasks]}
 
 
@@ -211,55 +213,20 @@ async def webhook(request: Request) -> dict:
         return {"status": "ignored", "action": body.action}
     if body.project is None:
         raise HTTPException(422, f"{body.action}: payload has no project id")
-    st, p = jobs.store(), body.project
+    st, p = wiring.store(), body.project
     st.add_project(p)
     job = None
     if body.action == "TASKS_CREATED":
-        job = jobs.enqueue_refresh(p)
+        job = enqueue.enqueue_refresh(p)
     elif body.action == "START_TRAINING":
-        job = jobs.enqueue_train(p)
+        job = enqueue.enqueue_train(p)
     else:
         config, _ = _project_config(st, p)
         if st.add_change(p) >= config.train_every > 0:
-            job = jobs.enqueue_train(p)
+            job = enqueue.enqueue_train(p)
     return {"status": "queued" if job else "coalesced", "action": body.action}
 
 
 @app.get("/metrics", dependencies=[Depends(require_auth)])
 def metrics() -> dict:
-    st = jobs.store()
-    return {"time": time.time(), "projects": {str(p): project_metrics(st, p) for p in st.projects()}}
-
-
-def project_metrics(st, project: int) -> dict:
-    """Queue state, scoring progress, training, adapter and job progress of one project."""
-    known = st.jobs(project)
-    chunk_ids = json.loads(known.pop("score", "[]"))
-    chunks = [j for j in Job.fetch_many(chunk_ids, connection=st.conn) if j is not None]
-    statuses = [j.get_status(refresh=False) for j in chunks]
-    return {
-        "queue": st.queue(project),
-        "scoring": {"chunks": len(chunk_ids),
-                    "by_status": {s.value: statuses.count(s) for s in set(statuses)},
-                    "done": sum(j.meta.get("done", 0) for j in chunks),
-                    "total": sum(j.meta.get("total", 0) for j in chunks)},
-        "adapter": st.adapter(project),
-        "selection_adapter": st.selection_adapter(project),
-        "rounds_done": st.rounds_done(project),
-        "last_training": st.last_training(project),
-        "training_pending": st.is_pending(project, "train"),
-        "jobs": {kind: job_info(st, job_id) for kind, job_id in known.items()},
-    }
-
-
-def job_info(st, job_id: str) -> dict:
-    job = Job.fetch_many([job_id], connection=st.conn)[0]
-    if job is None:
-        return {"id": job_id, "status": "expired"}
-    info = {"id": job_id, "status": job.get_status(refresh=False).value, "meta": job.meta,
-            "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
-            "ended_at": job.ended_at.isoformat() if job.ended_at else None}
-    result = job.latest_result()
-    if result is not None and result.exc_string:
-        info["error"] = result.exc_string.strip().splitlines()[-1]
-    return info
+    return all_metrics(wiring.store())

@@ -133,7 +133,7 @@ TASK_LABELS = [{"task": ["summarize", "translate"][i % 2]} for i in range(len(PR
 @pytest.fixture
 def backend_env(redis_url, tiny_model_dir, tmp_path, monkeypatch):
     """The backend's settings pointed at the test Redis (db 15), the tiny model and a temp adapter root."""
-    from backend import jobs
+    from backend.model_cache import models
     from backend.settings import get_settings
 
     monkeypatch.setenv("REDIS_URL", redis_url)
@@ -144,20 +144,20 @@ def backend_env(redis_url, tiny_model_dir, tmp_path, monkeypatch):
     for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "WEBHOOK_SECRET", "PUBLIC_URL"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
-    jobs.models.clear()
+    models.clear()
     yield get_settings()
     get_settings.cache_clear()
-    jobs.models.clear()
+    models.clear()
 
 
 @pytest.fixture
 def fake_ls(backend_env, monkeypatch):
-    """A fake Label Studio with one 10-task project (two labelled tasks kinds), wired into the jobs."""
-    from backend import jobs
+    """A fake Label Studio with one 10-task project (two labelled tasks kinds), wired into the backend."""
+    from backend import wiring
 
     ls = FakeLabelStudio(extra_params=dict(TEST_PARAMS))
     ls.project_id = ls.add_project(PROMPTS, TASK_LABELS)
-    monkeypatch.setattr(jobs, "make_client", lambda: ls)
+    monkeypatch.setattr(wiring, "make_client", lambda: ls)
     return ls
 
 
@@ -165,6 +165,6 @@ def run_worker() -> None:
     """Run every queued job (and what they enqueue) in this process, like ``python -m backend worker --burst``."""
     from rq import SimpleWorker
 
-    from backend import jobs
+    from backend import wiring
     from backend.settings import get_settings
-    SimpleWorker(get_settings().queues, connection=jobs.redis_conn()).work(burst=True)
+    SimpleWorker(get_settings().queues, connection=wiring.redis_conn()).work(burst=True)

@@ -2,7 +2,9 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from backend import jobs
+from backend import model_cache, wiring
+from backend.project import score_key
+from backend.settings import get_settings
 from backend.server import app
 from tests.backend.fakes import LABEL_CONFIG, TEST_PARAMS, backend_env  # noqa: F401
 
@@ -10,9 +12,9 @@ from tests.backend.fakes import LABEL_CONFIG, TEST_PARAMS, backend_env  # noqa: 
 def _save_adapter(project: int, seed: int) -> str:
     from model.config import TrainConfig
     from model.training import train_lora
-    result = train_lora(jobs.models.get(None), [("answer the question briefly", "yes")],
+    result = train_lora(model_cache.models.get(None), [("answer the question briefly", "yes")],
                         TrainConfig(r=2, lora_alpha=4, epochs=1, batch_size=1, seed=seed))
-    return jobs.adapter_store().save(str(project), result.peft_model, result.meta())
+    return wiring.adapter_store().save(str(project), result.peft_model, result.meta())
 
 
 def _predict(client, task_id: int) -> dict:
@@ -23,14 +25,14 @@ def _predict(client, task_id: int) -> dict:
 
 
 def _scored_under(adapter) -> set:
-    return jobs.store().scored_ids(7, jobs.score_key(adapter, TEST_PARAMS["max_new_tokens"]))
+    return wiring.store().scored_ids(7, score_key(get_settings().model_name_or_path, adapter, TEST_PARAMS["max_new_tokens"]))
 
 
 @pytest.mark.slow
 def test_server_picks_up_new_versions_and_skips_half_written_ones(backend_env):
     client = TestClient(app)
     client.post("/setup", json={"project": "7.1", "schema": LABEL_CONFIG, "extra_params": TEST_PARAMS})
-    st = jobs.store()
+    st = wiring.store()
     v1 = _save_adapter(7, seed=1)
     st.set_adapter(7, v1)
     _predict(client, 1)

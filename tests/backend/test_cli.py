@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from rq import Queue
 
-from backend import cli, jobs
+from backend import cli, enqueue, wiring
 from tests.backend.fakes import backend_env, fake_ls, run_worker  # noqa: F401
 
 
@@ -23,12 +23,12 @@ def _settings(capsys, *args) -> tuple[int, str, str]:
 
 def test_settings_shows_the_state(fake_ls, capsys):
     pid = fake_ls.project_id
-    jobs.enqueue_refresh(pid)
+    enqueue.enqueue_refresh(pid)
     run_worker()
     code, out, _ = _settings(capsys, "--project", str(pid), "--json")
     state = json.loads(out)
     assert code == 0 and state["budget"] == 4 and state["annotated"] == 0 and state["tasks"] == 10
-    assert state["queue_head"] == jobs.store().selection(pid)["order"][:4] + state["queue_head"][4:]
+    assert state["queue_head"] == wiring.store().selection(pid)["order"][:4] + state["queue_head"][4:]
     assert state["model_version"] == f"wtd-{pid}-1" and state["adapter"] is None
     code, out, _ = _settings(capsys, "--project", str(pid))
     assert code == 0 and "budget: 4" in out
@@ -42,9 +42,9 @@ def test_settings_change_goes_through_label_studio_and_replans(fake_ls, capsys, 
     params = next(iter(fake_ls.backends.values()))["extra_params"]
     assert params["budget"] == 0.5 and params["strategy"] == "random" and params["train_every"] == 5
     assert params["task_field"] == "task"  # untouched settings are kept
-    assert Queue(backend_env.score_queue, connection=jobs.redis_conn()).count == 1
+    assert Queue(backend_env.score_queue, connection=wiring.redis_conn()).count == 1
     run_worker()
-    assert jobs.store().queue(pid)["selected"] == 5
+    assert wiring.store().queue(pid)["selected"] == 5
 
 
 @pytest.mark.parametrize("args,message", [(["--budget", "0"], "'budget'"), (["--strategy", "best"], "'strategy'"),
@@ -59,7 +59,7 @@ def test_settings_rolls_back_to_a_stored_adapter(fake_ls, capsys, backend_env):
     pid = fake_ls.project_id
     for v in ("v0001", "v0002"):  # complete versions, as AdapterStore leaves them
         (backend_env.model_dir / str(pid) / v).mkdir(parents=True)
-    jobs.store().set_adapter(pid, "v0002")
+    wiring.store().set_adapter(pid, "v0002")
     code, out, _ = _settings(capsys, "--project", str(pid), "--adapter", "v0001", "--json")
     assert code == 0 and json.loads(out)["adapter"] == "v0001" and json.loads(out)["refresh_pending"]
 
@@ -90,4 +90,4 @@ def test_serve_and_worker_commands(backend_env):
     worker = subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], env=env, timeout=120,
                             capture_output=True, text=True)
     assert worker.returncode == 0, worker.stderr[-2000:]
-    assert jobs.store().conn.exists("wtd:reconcile:scheduled")  # the worker scheduled the reconcile pass
+    assert wiring.store().conn.exists("wtd:reconcile:scheduled")  # the worker scheduled the reconcile pass

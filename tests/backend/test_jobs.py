@@ -7,7 +7,10 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
-from backend import jobs
+import json
+
+from backend import enqueue, reconcile, wiring
+from backend.settings import get_settings
 from tests.backend.fakes import backend_env, fake_ls, run_worker  # noqa: F401 (fixtures)
 
 
@@ -22,9 +25,9 @@ def _serve_all(ls, pid):
 
 def test_scoring_and_queue_chain(fake_ls):
     ls, pid = fake_ls, fake_ls.project_id
-    assert jobs.enqueue_refresh(pid) is not None
+    assert enqueue.enqueue_refresh(pid) is not None
     run_worker()
-    st = jobs.store()
+    st = wiring.store()
     state = st.queue(pid)
     v1 = state["model_version"]
     assert v1 == f"wtd-{pid}-1" and ls.activations == [(pid, v1)]
@@ -38,10 +41,10 @@ def test_scoring_and_queue_chain(fake_ls):
     by_score = [p["task"] for p in sorted(preds, key=lambda p: p["score"])]
     assert by_score[:4] == selection["order"] and state["selected"] == 4
     assert len(st.scored_ids(pid, state["score_key"])) == 10
-    assert len(jobs.json.loads(st.jobs(pid)["score"])) == 3  # 10 tasks in chunks of 4
+    assert len(json.loads(st.jobs(pid)["score"])) == 3  # 10 tasks in chunks of 4
 
     # a second pass scores nothing new, keeps the (frozen) order, and writes under a new version
-    jobs.enqueue_refresh(pid)
+    enqueue.enqueue_refresh(pid)
     run_worker()
     v2 = st.queue(pid)["model_version"]
     assert v2 != v1 and ls.activations[-1] == (pid, v2)
@@ -52,14 +55,14 @@ def test_scoring_and_queue_chain(fake_ls):
 
 def test_new_tasks_are_scored_and_queued_after_refresh(fake_ls):
     ls, pid = fake_ls, fake_ls.project_id
-    jobs.enqueue_refresh(pid)
+    enqueue.enqueue_refresh(pid)
     run_worker()
-    st = jobs.store()
+    st = wiring.store()
     new = ls.add_tasks(pid, ["write a question about the passage", "answer the question briefly"],
                        [{"task": "summarize"}, {"task": "translate"}])
-    assert jobs.reconcile_project(pid)["refresh"] is True  # lost TASKS_CREATED is caught
+    assert reconcile.reconcile_project(pid)["refresh"] is True  # lost TASKS_CREATED is caught
     run_worker()
-    assert len(jobs.json.loads(st.jobs(pid)["score"])) == 1  # only the 2 new tasks were scored
+    assert len(json.loads(st.jobs(pid)["score"])) == 1  # only the 2 new tasks were scored
     state = st.queue(pid)
     assert state["predictions"] == 12 and set(new) <= set(st.positions(pid, new))
 
@@ -69,30 +72,30 @@ def test_connect_puts_the_auth_header_on_the_webhook(fake_ls, monkeypatch):
     monkeypatch.setenv("BASIC_AUTH_USER", "ls")
     monkeypatch.setenv("BASIC_AUTH_PASS", "pw")
     get_settings.cache_clear()
-    jobs.enqueue_connect(fake_ls.project_id)
+    enqueue.enqueue_connect(fake_ls.project_id)
     run_worker()
     assert fake_ls.webhooks[fake_ls.project_id]["headers"] == {"Authorization": "Basic bHM6cHc="}
-    assert jobs.store().queue(fake_ls.project_id) is not None
+    assert wiring.store().queue(fake_ls.project_id) is not None
 
 
 def test_coalesced_training_waits_for_the_running_one(fake_ls):
     pid = fake_ls.project_id
-    first = jobs.enqueue_train(pid)
-    assert all(jobs.enqueue_train(pid) is None for _ in range(20))
+    first = enqueue.enqueue_train(pid)
+    assert all(enqueue.enqueue_train(pid) is None for _ in range(20))
     first.set_status(JobStatus.STARTED)
-    assert jobs.store().clear_pending(pid, "train", first.id)  # what the job does when it starts
-    second = jobs.enqueue_train(pid)
+    assert wiring.store().clear_pending(pid, "train", first.id)  # what the job does when it starts
+    second = enqueue.enqueue_train(pid)
     assert second is not None and second.get_status() == JobStatus.DEFERRED
-    assert jobs.enqueue_train(pid) is None
+    assert enqueue.enqueue_train(pid) is None
 
 
 def test_a_failing_job_lands_in_the_failed_registry(fake_ls, monkeypatch):
     def broken(project_id):
         raise RuntimeError("Label Studio API GET /api/tasks: 500 after 4 tries")
     monkeypatch.setattr(fake_ls, "tasks", broken)
-    job = jobs.enqueue_refresh(fake_ls.project_id)
+    job = enqueue.enqueue_refresh(fake_ls.project_id)
     run_worker()
-    registry = FailedJobRegistry(queue=Queue(jobs.get_settings().score_queue, connection=jobs.redis_conn()))
+    registry = FailedJobRegistry(queue=Queue(get_settings().score_queue, connection=wiring.redis_conn()))
     assert job.id in registry.get_job_ids()
     assert "500 after 4 tries" in job.latest_result().exc_string
 
@@ -100,16 +103,16 @@ def test_a_failing_job_lands_in_the_failed_registry(fake_ls, monkeypatch):
 @pytest.mark.slow
 def test_training_end_to_end(fake_ls):
     ls, pid = fake_ls, fake_ls.project_id
-    jobs.enqueue_refresh(pid)
+    enqueue.enqueue_refresh(pid)
     run_worker()
-    st = jobs.store()
+    st = wiring.store()
     base_order = [t for t in st.selection(pid)["order"]]
     for task_id in base_order[:3]:
         ls.annotate(pid, task_id, "a short answer")
-    assert jobs.reconcile_project(pid)["train"] is True  # 3 new annotations >= train_every
+    assert reconcile.reconcile_project(pid)["train"] is True  # 3 new annotations >= train_every
     run_worker()
     assert st.adapter(pid) == "v0001"
-    assert (jobs.get_settings().model_dir / str(pid) / "v0001" / "adapter_config.json").exists()
+    assert (get_settings().model_dir / str(pid) / "v0001" / "adapter_config.json").exists()
     last = st.last_training(pid)
     assert last["version"] == "v0001" and last["n_examples"] == 3 and last["loss"] > 0
     meta = Job.fetch(st.jobs(pid)["train"], connection=st.conn).meta
@@ -120,7 +123,7 @@ def test_training_end_to_end(fake_ls):
     assert state["predictions"] == 7
     assert st.selection(pid)["order"] == base_order
     assert ls.next_task(pid)["id"] == base_order[3]
-    assert jobs.reconcile_project(pid)["train"] is False  # nothing new since
+    assert reconcile.reconcile_project(pid)["train"] is False  # nothing new since
 
 
 @pytest.mark.slow
@@ -128,12 +131,12 @@ def test_rounds_reallocate_the_remaining_budget(fake_ls):
     ls, pid = fake_ls, fake_ls.project_id
     backend_id = next(iter(ls.backends))
     ls.backends[backend_id]["extra_params"]["rounds"] = 2
-    jobs.enqueue_refresh(pid)
+    enqueue.enqueue_refresh(pid)
     run_worker()
-    st = jobs.store()
+    st = wiring.store()
     for task_id in st.selection(pid)["order"][:3]:
         ls.annotate(pid, task_id, "a short answer")
-    jobs.enqueue_train(pid)
+    enqueue.enqueue_train(pid)
     run_worker()
     assert st.selection_adapter(pid) == "v0001" and st.rounds_done(pid) == 2
     sel = st.selection(pid)
@@ -142,29 +145,29 @@ def test_rounds_reallocate_the_remaining_budget(fake_ls):
     assert not annotated & set(sel["order"])
     # the last round is done: another training moves the drafts, not the selection
     ls.annotate(pid, sel["order"][0], "another answer")
-    jobs.enqueue_train(pid)
+    enqueue.enqueue_train(pid)
     run_worker()
     assert st.adapter(pid) == "v0002" and st.selection_adapter(pid) == "v0001"
 
 
 def test_a_lost_pending_job_does_not_block_its_kind_forever(fake_ls):
     pid = fake_ls.project_id
-    lost = jobs.enqueue_refresh(pid)
-    assert jobs.enqueue_refresh(pid) is None
+    lost = enqueue.enqueue_refresh(pid)
+    assert enqueue.enqueue_refresh(pid) is None
     lost.cancel()  # e.g. removed by hand: it will never start, so it must not hold the flag
-    again = jobs.enqueue_refresh(pid)
-    assert again is not None and jobs.store().pending(pid, "refresh")[0] == again.id
+    again = enqueue.enqueue_refresh(pid)
+    assert again is not None and wiring.store().pending(pid, "refresh")[0] == again.id
 
 
 def test_reconcile_pass_reschedules_itself_once(fake_ls):
     pid = fake_ls.project_id
-    result = jobs.reconcile_all()  # nothing known yet: no project
+    result = reconcile.reconcile_all()  # nothing known yet: no project
     assert result == {}
-    jobs.store().add_project(pid)
-    assert jobs.reconcile_all()[pid] == {"unscored": 10, "unqueued": 10, "new_annotations": 0,
+    wiring.store().add_project(pid)
+    assert reconcile.reconcile_all()[pid] == {"unscored": 10, "unqueued": 10, "new_annotations": 0,
                                          "refresh": True, "train": False}
-    assert jobs.schedule_reconcile() is None  # already scheduled by the pass
-    scheduled = ScheduledJobRegistry(queue=Queue(jobs.get_settings().score_queue, connection=jobs.redis_conn()))
+    assert enqueue.schedule_reconcile() is None  # already scheduled by the pass
+    scheduled = ScheduledJobRegistry(queue=Queue(get_settings().score_queue, connection=wiring.redis_conn()))
     assert len(scheduled.get_job_ids()) == 2  # each pass (run by hand here) scheduled exactly one next pass
 
 
@@ -177,10 +180,10 @@ def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeyp
               [f"what is {i} plus {i + 3}? answer with a number" for i in range(6)]
     ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "task_field": "task"})
     pid = ls.add_project(prompts, [{} for _ in prompts])
-    monkeypatch.setattr(jobs, "make_client", lambda: ls)
-    jobs.enqueue_refresh(pid)
+    monkeypatch.setattr(wiring, "make_client", lambda: ls)
+    enqueue.enqueue_refresh(pid)
     run_worker()
-    selection = jobs.store().selection(pid)
+    selection = wiring.store().selection(pid)
     assert all(t.startswith("cluster-") for t in selection["task_sizes"])
     assert len(selection["task_sizes"]) >= 2 and sum(selection["task_sizes"].values()) == 12
     assert len(selection["order"]) == TEST_PARAMS["budget"]

@@ -6,7 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from rq import Queue
 
-from backend import jobs
+from backend import wiring
+from backend.project import score_key
+from backend.settings import get_settings
 from backend.server import app
 from tests.backend.fakes import LABEL_CONFIG, TEST_PARAMS, backend_env, fake_ls, run_worker  # noqa: F401
 
@@ -22,7 +24,7 @@ def _setup_body(pid=7, extra_params=None):
 
 
 def _queued(name: str) -> int:
-    return Queue(name, connection=jobs.redis_conn()).count
+    return Queue(name, connection=wiring.redis_conn()).count
 
 
 def test_health(client):
@@ -40,7 +42,7 @@ def test_setup_saves_config_and_enqueues_one_connect_job(client, backend_env):
         assert r.status_code == 200 and r.json() == {"model_version": "wtd-7-0"}
         assert time.perf_counter() - t0 < 3
     assert _queued(backend_env.score_queue) == 1
-    assert jobs.store().setup(7) == (LABEL_CONFIG, TEST_PARAMS)
+    assert wiring.store().setup(7) == (LABEL_CONFIG, TEST_PARAMS)
 
 
 @pytest.mark.parametrize("extra,setting", [({"budget": 0}, "budget"), ('{"strategy": "nope"}', "strategy"),
@@ -105,7 +107,7 @@ def test_predict_serves_stored_drafts_and_queue_positions(client, fake_ls):
     pid = fake_ls.project_id
     client.post("/setup", json=_setup_body(pid, TEST_PARAMS))
     run_worker()
-    version = jobs.store().queue(pid)["model_version"]
+    version = wiring.store().queue(pid)["model_version"]
     tasks = fake_ls.tasks(pid)[:3]
     r = client.post("/predict", json={"tasks": tasks, "project": f"{pid}.123", "label_config": LABEL_CONFIG,
                                       "params": {}})
@@ -126,8 +128,8 @@ def test_predict_scores_unscored_tasks_on_the_spot(client, backend_env):
     first, second = r.json()["results"]
     assert first["result"][0]["to_name"] == "prompt" and first["result"][0]["type"] == "textarea"
     assert second["result"] == [] and first["score"] == second["score"] == 1.0  # after every queued task
-    key = jobs.score_key(None, TEST_PARAMS["max_new_tokens"])
-    assert jobs.store().scored_ids(7, key) == {101}  # kept for the queue job
+    key = score_key(get_settings().model_name_or_path, None, TEST_PARAMS["max_new_tokens"])
+    assert wiring.store().scored_ids(7, key) == {101}  # kept for the queue job
 
 
 def test_metrics_show_queue_scoring_and_jobs(client, fake_ls):
@@ -195,7 +197,7 @@ def test_secrets_never_reach_the_logs(client, fake_ls, monkeypatch, caplog):
 def test_setup_replans_only_when_the_settings_change(client, fake_ls, backend_env):
     pid = fake_ls.project_id
     client.post("/setup", json=_setup_body(pid, TEST_PARAMS))
-    jobs.store().clear_pending(pid, "connect", jobs.store().jobs(pid)["connect"])  # as if it started
+    wiring.store().clear_pending(pid, "connect", wiring.store().jobs(pid)["connect"])  # as if it started
     # Label Studio calls /setup again after every project update, our queue activation included
     client.post("/setup", json=_setup_body(pid, TEST_PARAMS))
     assert _queued(backend_env.score_queue) == 1

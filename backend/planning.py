@@ -1,0 +1,99 @@
+"""Jobs that plan a pass: connect (after /setup), refresh (new tasks, settings, adapter), score a chunk.
+
+Planning reads the project from Label Studio, enqueues ``score_chunk`` jobs for tasks not yet scored
+under the needed score keys, and a ``write_queue`` job that depends on all of them.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+
+from rq.job import Dependency
+
+from backend import wiring
+from backend.enqueue import enqueue_job, job_started, report_progress, schedule_reconcile
+from backend.model_cache import score_tasks
+from backend.project import Project, load_project
+from backend.settings import get_settings
+from backend.store import Store
+
+log = logging.getLogger(__name__)
+
+SCORE_CHUNK = "backend.planning.score_chunk"
+WRITE_QUEUE = "backend.queue_writer.write_queue"
+
+
+def connect_project(project: int) -> dict:
+    """After /setup: put an auth header on Label Studio's webhook, then score and write the queue."""
+    st = job_started(project, "connect")
+    schedule_reconcile()  # heals a lost schedule (e.g. Redis flushed while workers kept running)
+    client = wiring.make_client()
+    secured = secure_webhook(client, project)
+    return {"webhook_secured": secured, **plan(client, st, project)}
+
+
+def secure_webhook(client, project: int) -> bool | None:
+    """Label Studio creates the webhook without headers: without one, auth would silently drop events."""
+    s = get_settings()
+    if s.webhook_secret is not None:
+        headers = {"X-Webhook-Secret": s.webhook_secret.get_secret_value()}
+    elif s.basic_auth is not None:
+        headers = {"Authorization": "Basic " + base64.b64encode(":".join(s.basic_auth).encode()).decode()}
+    else:
+        return None  # no auth: nothing to add
+    urls = [s.public_url] if s.public_url else [b.get("url") for b in client.ml_backends(project)]
+    if any(client.secure_webhook(project, u.rstrip("/"), headers) for u in urls if u):
+        return True
+    log.warning("project %s: no webhook for this backend found; training relies on the reconcile pass", project)
+    return False
+
+
+def refresh(project: int) -> dict:
+    st = job_started(project, "refresh")
+    return plan(wiring.make_client(), st, project)
+
+
+def needed_scores(proj: Project) -> dict[str | None, list[dict]]:
+    """Rows to score per adapter: the selection pool under the selection adapter, drafts under the current one.
+
+    rounds == 1 selects over the whole project with the base model, so its queue survives retraining;
+    rounds > 1 selects over the unlabeled tasks with the adapter of the latest round.
+    """
+    st = wiring.store()
+    wanted = {proj.selection_adapter: proj.usable if proj.config.rounds == 1 else proj.unlabeled}
+    wanted[proj.draft_adapter] = wanted.get(proj.draft_adapter, []) + proj.unlabeled
+    out = {}
+    for adapter, tasks in wanted.items():
+        done = st.scored_ids(proj.id, proj.score_key(adapter))
+        rows = {t["id"]: {"id": t["id"], "prompt": proj.prompt(t)} for t in tasks if t["id"] not in done}
+        if rows:
+            out[adapter] = list(rows.values())
+    return out
+
+
+def plan(client, st: Store, project: int) -> dict:
+    """Enqueue score chunks for what is missing, and a queue-writing job that depends on all of them."""
+    s = get_settings()
+    proj = load_project(client, st, project)
+    st.add_project(project)
+    chunks = []
+    for adapter, rows in needed_scores(proj).items():
+        for start in range(0, len(rows), s.score_chunk_size):
+            chunks.append(enqueue_job(
+                SCORE_CHUNK, (project, adapter, rows[start:start + s.score_chunk_size], proj.config.max_new_tokens),
+                s.score_queue, s.score_job_timeout_s, st.next_job_id(project, "score")))
+    # A failed chunk must not block the queue: its tasks stay unscored (served last) until reconcile.
+    writer = enqueue_job(WRITE_QUEUE, (project,), s.score_queue, s.score_job_timeout_s,
+                         st.next_job_id(project, "write"),
+                         depends_on=Dependency(jobs=chunks, allow_failure=True) if chunks else None)
+    st.set_job(project, "score", json.dumps([j.id for j in chunks]))
+    st.set_job(project, "write", writer.id)
+    return {"tasks": len(proj.tasks), "score_jobs": len(chunks), "write_job": writer.id}
+
+
+def score_chunk(project: int, adapter: str | None, rows: list[dict], max_new_tokens: int) -> dict:
+    report_progress(done=0, total=len(rows))
+    done = score_tasks(project, adapter, rows, max_new_tokens,
+                       progress=lambda d, t: report_progress(done=d, total=t))
+    return {"scored": len(done)}

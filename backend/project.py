@@ -1,0 +1,113 @@
+"""A project as the jobs see it: settings, label config, tasks, and the adapters and score keys in force.
+
+``load_project`` is the one place that reads a project from Label Studio (the source of truth) and
+looks up its adapters; ``current_adapters`` is the one lookup of which stored adapter drafts and which
+selects, checked against the adapter store.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from backend import wiring
+from backend.annotations import Interface, is_annotated, parse_label_config
+from backend.project_config import ProjectConfig, parse_extra_params
+from backend.settings import Settings, get_settings
+from backend.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def score_key(model: str | None, adapter: str | None, max_new_tokens: int) -> str:
+    """Scores are valid for one (model, adapter, draft length); a change of any of them re-scores."""
+    name = model or "default"
+    tag = f"{Path(name).name}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{tag}|{adapter or 'base'}|t{max_new_tokens}"
+
+
+def valid_adapter(project: int, version: str | None) -> str | None:
+    """``version`` if it is a complete stored adapter, else None (the base model)."""
+    if version is None:
+        return None
+    if version in wiring.adapter_store().versions(str(project)):
+        return version
+    log.warning("project %s: adapter %r is not a complete stored version; using the base model", project, version)
+    return None
+
+
+def current_adapters(st: Store, project: int, rounds: int) -> tuple[str | None, str | None]:
+    """(draft adapter, selection adapter), each a complete stored version or None (the base model).
+
+    With one round, selection always uses the base model, so its queue survives retraining.
+    """
+    draft = valid_adapter(project, st.adapter(project))
+    selection = valid_adapter(project, st.selection_adapter(project)) if rounds > 1 else None
+    return draft, selection
+
+
+@dataclass
+class Project:
+    """What a job needs to know about a project, read from Label Studio, with its adapters checked."""
+    id: int
+    config: ProjectConfig
+    iface: Interface
+    tasks: list[dict]
+    model: str | None
+    """The base model (``MODEL_NAME_OR_PATH``) that the score keys name."""
+    draft_adapter: str | None
+    selection_adapter: str | None
+
+    @property
+    def prompt_field(self) -> str:
+        return self.config.prompt_field or self.iface.prompt_field
+
+    def prompt(self, task: dict) -> str | None:
+        p = (task.get("data") or {}).get(self.prompt_field)
+        return p if isinstance(p, str) and p.strip() else None
+
+    @cached_property
+    def usable(self) -> list[dict]:
+        """Tasks with a prompt (others cannot be scored or selected)."""
+        return [t for t in self.tasks if self.prompt(t) is not None]
+
+    @cached_property
+    def unlabeled(self) -> list[dict]:
+        return [t for t in self.usable if not is_annotated(t)]
+
+    def score_key(self, adapter: str | None) -> str:
+        return score_key(self.model, adapter, self.config.max_new_tokens)
+
+    @property
+    def draft_key(self) -> str:
+        return self.score_key(self.draft_adapter)
+
+    @property
+    def selection_key(self) -> str:
+        return self.score_key(self.selection_adapter)
+
+
+def our_backend(backends: list[dict], settings: Settings) -> dict | None:
+    """This backend's connection among the project's ML backends (by ``PUBLIC_URL``, else the first)."""
+    if settings.public_url:
+        url = settings.public_url.rstrip("/")
+        return next((b for b in backends if str(b.get("url", "")).rstrip("/") == url), None)
+    return backends[0] if backends else None
+
+
+def load_project(client, st: Store, project: int) -> Project:
+    """The project's settings (Label Studio's copy, else the last /setup's), label config and tasks."""
+    s = get_settings()
+    raw = client.project(project)
+    backend = our_backend(client.ml_backends(project), s)
+    if backend is not None:
+        extra = backend.get("extra_params")
+    else:
+        saved = st.setup(project)
+        extra = saved[1] if saved else None
+    config = parse_extra_params(extra)
+    draft, selection = current_adapters(st, project, config.rounds)
+    return Project(project, config, parse_label_config(raw.get("label_config", "")), client.tasks(project),
+                   s.model_name_or_path, draft, selection)

@@ -1,0 +1,45 @@
+"""The reconcile pass: catches lost webhooks (Label Studio never retries them) and reschedules itself."""
+from __future__ import annotations
+
+import logging
+
+from backend import wiring
+from backend.annotations import annotation_signature, is_annotated, latest_annotation
+from backend.enqueue import enqueue_refresh, enqueue_train, schedule_reconcile
+from backend.planning import needed_scores
+from backend.project import load_project
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_all() -> dict:
+    """Catch lost webhooks for every known project, then schedule the next pass."""
+    st = wiring.store()
+    st.clear_reconcile()
+    out = {}
+    try:
+        for project in st.projects():
+            try:
+                out[project] = reconcile_project(project)
+            except Exception as e:  # one broken project must not stop the others
+                log.exception("project %s: reconcile failed", project)
+                out[project] = {"error": str(e)}
+    finally:
+        schedule_reconcile()
+    return out
+
+
+def reconcile_project(project: int) -> dict:
+    st = wiring.store()
+    proj = load_project(wiring.make_client(), st, project)
+    unscored = sum(len(rows) for rows in needed_scores(proj).values())
+    queued = st.positions(project, [t["id"] for t in proj.unlabeled])
+    unqueued = len(proj.unlabeled) - len(queued)
+    trained_on = st.trained_on(project)
+    new = sum(annotation_signature(latest_annotation(t)) not in trained_on for t in proj.tasks if is_annotated(t))
+    out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "refresh": False, "train": False}
+    if unscored or unqueued:
+        out["refresh"] = enqueue_refresh(project) is not None
+    if proj.config.train_every and new >= proj.config.train_every:
+        out["train"] = enqueue_train(project) is not None
+    return out

@@ -1,0 +1,47 @@
+"""The training job: LoRA on every current annotation, a new adapter version, then a re-plan."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from backend import wiring
+from backend.annotations import annotation_signature, is_annotated, latest_annotation, sft_pairs
+from backend.enqueue import enqueue_refresh, job_started, report_progress
+from backend.model_cache import models
+from backend.project import load_project
+
+log = logging.getLogger(__name__)
+
+
+def train(project: int) -> dict:
+    """Retrain on every current annotation (re-read from Label Studio), save the adapter, re-plan."""
+    from model.training import train_lora
+
+    st = job_started(project, "train")
+    st.reset_changes(project)
+    proj = load_project(wiring.make_client(), st, project)
+    pairs = sft_pairs(proj.tasks, proj.iface, proj.prompt_field)
+    signatures = [annotation_signature(latest_annotation(t)) for t in proj.tasks if is_annotated(t)]
+    if not pairs:
+        log.info("project %s: no annotations with a response yet; nothing to train", project)
+        return {"skipped": "no annotated prompts"}
+    report_progress(step=0, total=None, loss=None)
+    base = models.get(None)
+    result = train_lora(base, pairs, proj.config.training(),
+                        progress=lambda step, total, loss: report_progress(step=step, total=total, loss=loss))
+    adapters = wiring.adapter_store()
+    version = adapters.save(str(project), result.peft_model, {**result.meta(), "annotations": len(signatures)})
+    # The freshly trained model scores the drafts: no reload from disk.
+    path = str(adapters.path(str(project), version))
+    models.put(path, replace(base, model=result.peft_model, adapter=path))
+    st.set_adapter(project, version)
+    if proj.config.rounds > st.rounds_done(project):
+        st.set_selection_adapter(project, version)
+        st.set_rounds_done(project, st.rounds_done(project) + 1)
+    record = {**result.meta(), "version": version, "finished_at": time.time(), "rounds_done": st.rounds_done(project)}
+    st.save_training(project, record, signatures)
+    enqueue_refresh(project)
+    log.info("project %s: adapter %s trained on %d examples, loss %.4f", project, version, result.n_examples,
+             result.loss)
+    return record
