@@ -50,6 +50,12 @@ class BackendWorker(SimpleWorker):
             self._running = None
         self.set_state(WorkerStatus.IDLE)
 
+    def clean_registries(self):
+        """RQ's periodic cleanup, after ours: ours also redoes the work of the dead jobs it fails."""
+        from backend.watchdog import reap_abandoned
+        reap_abandoned()
+        super().clean_registries()
+
     def work(self, burst: bool = False, **kwargs) -> bool:
         self.beat()  # due scheduled jobs are enqueued before a burst looks at the queues
         thread = threading.Thread(target=self._beat_loop, name="wtd-heartbeat", daemon=True)

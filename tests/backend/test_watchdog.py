@@ -16,6 +16,7 @@ from backend.metrics import all_metrics
 from backend.settings import READ_BY, Settings, get_settings
 from backend.worker import BEATS_TO_DEATH, BackendWorker
 from tests.backend.fakes import backend_env, fake_ls, run_worker  # noqa: F401 (fixtures)
+from tests.e2e.labelstudio_server import label_studio  # noqa: F401 (fixture)
 
 HEARTBEAT_S = 10
 
@@ -151,3 +152,24 @@ def test_store_refuses_invalid_project_ids(backend_env):
 def test_every_setting_names_the_process_that_reads_it():
     assert set(READ_BY) == set(Settings.model_fields), "add the new setting to settings.READ_BY"
     assert set(READ_BY.values()) <= {"server", "worker", "both"}
+
+
+@pytest.mark.e2e
+def test_reconcile_forgets_a_project_a_real_label_studio_answers_404_for(backend_env, label_studio, monkeypatch,
+                                                                         caplog):
+    from backend.labelstudio import LabelStudioClient
+    url, token = label_studio
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    get_settings.cache_clear()
+    real = LabelStudioClient(url, token).create_project(
+        "reconcile-404", '<View><Text name="prompt" value="$prompt"/><TextArea name="response" toName="prompt"/></View>')
+    st = wiring.store()
+    st.add_project(real["id"])
+    st.save_setup(10**9, "<View/>", {})
+    st.conn.sadd("wtd:projects", 2**63)  # past Label Studio's ids: not asked
+    out = reconcile.reconcile_all()
+    assert out[10**9] == {"forgotten": "Label Studio has no such project"}
+    assert out[2**63] == {"forgotten": "not a Label Studio project id"}
+    assert "error" not in out[real["id"]] and st.projects() == [real["id"]]
+    assert "Traceback" not in caplog.text
