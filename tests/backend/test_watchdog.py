@@ -162,8 +162,8 @@ def test_reconcile_forgets_a_project_a_real_label_studio_answers_404_for(backend
     monkeypatch.setenv("LABEL_STUDIO_URL", url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
     get_settings.cache_clear()
-    real = LabelStudioClient(url, token).create_project(
-        "reconcile-404", '<View><Text name="prompt" value="$prompt"/><TextArea name="response" toName="prompt"/></View>')
+    real = LabelStudioClient(url, token).create_project("reconcile-404", (
+        '<View><Text name="prompt" value="$prompt"/><TextArea name="response" toName="prompt"/></View>'))
     st = wiring.store()
     st.add_project(real["id"])
     st.save_setup(10**9, "<View/>", {})
