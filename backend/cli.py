@@ -64,16 +64,13 @@ def cmd_serve(a) -> int:
 
 
 def cmd_worker(a) -> int:
-    from rq import SimpleWorker
-
     from backend import wiring
-    from backend.enqueue import schedule_reconcile
+    from backend.worker import BackendWorker
     s = get_settings()
-    conn = wiring.redis_conn()
-    schedule_reconcile()
-    # SimpleWorker runs jobs in this process (no fork per job): the model stays loaded between jobs.
-    worker = SimpleWorker(a.queue or s.queues, connection=conn)
-    worker.work(burst=a.burst, with_scheduler=True)
+    # Jobs run in this process (no fork per job): the model stays loaded between jobs. Its heartbeat
+    # thread also runs the scheduler (the reconcile pass) and fails the jobs of dead workers.
+    worker = BackendWorker(a.queue or s.queues, connection=wiring.redis_conn(), heartbeat_s=s.worker_heartbeat_s)
+    worker.work(burst=a.burst)
     return 0
 
 

@@ -82,6 +82,8 @@ def enqueue_refresh(project: int) -> Job | None:
 
 def enqueue_train(project: int) -> Job | None:
     """At most one queued and one running training per project: a new one waits for the running one."""
+    from backend.watchdog import reap_abandoned
+    reap_abandoned()  # a running training whose worker died is failed first: nothing waits behind it
     s, st = get_settings(), wiring.store()
     prev = st.jobs(project).get("train")
     dep = None

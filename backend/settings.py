@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         "How long finished jobs (and their progress meta) stay visible in /metrics. Default 86400."))
     failure_ttl_s: int = Field(7 * 24 * 3600, ge=1, description=(
         "How long failed jobs stay in RQ's failed registry. Default 604800 (a week)."))
+    worker_heartbeat_s: int = Field(10, ge=1, description=(
+        "Seconds between a worker's heartbeats, idle or busy. A job whose worker missed 4 of them (killed, out "
+        "of memory, host lost) is failed and its work enqueued again, and a dead worker's scheduler lock "
+        "passes to a live worker after 4 of them. Default 10."))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -66,6 +70,18 @@ class Settings(BaseSettings):
     @property
     def queues(self) -> list[str]:
         return [self.score_queue, self.train_queue]
+
+
+READ_BY = {
+    "label_studio_url": "both", "label_studio_api_key": "both", "redis_url": "both", "redis_timeout_s": "both",
+    "model_name_or_path": "both", "model_dir": "both", "device": "both", "basic_auth_user": "both",
+    "basic_auth_pass": "both", "webhook_secret": "both", "public_url": "both", "model_class": "server",
+    "score_queue": "both", "train_queue": "both", "score_chunk_size": "worker", "score_batch_size": "both",
+    "reconcile_interval_s": "worker", "score_job_timeout_s": "both", "train_job_timeout_s": "both",
+    "job_result_ttl_s": "both", "failure_ttl_s": "both", "worker_heartbeat_s": "worker",
+}
+"""Which process reads each setting: the server (``serve``: /predict drafts in-process, /setup and /webhook
+enqueue), the worker (``worker``: jobs, the reconcile schedule, heartbeats), or both. Set each where it is read."""
 
 
 @lru_cache

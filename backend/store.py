@@ -19,6 +19,7 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:train:trained_on       set of annotation signatures the last training read
   wtd:p:{p}:train:last             JSON result of the last training
   wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
+  wtd:p:{p}:train:skipped          hash: count, last_reason, last_at of trainings skipped as duplicates
 """
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
                                 health_check_interval=30)
 
 
+MAX_PROJECT_ID = 2**63 - 1
+"""Label Studio's ids are positive 64-bit database keys."""
+
+
+def valid_project_id(project) -> bool:
+    return isinstance(project, int) and not isinstance(project, bool) and 1 <= project <= MAX_PROJECT_ID
+
+
 class Store:
     def __init__(self, conn: redis.Redis):
         self.conn = conn
@@ -46,6 +55,8 @@ class Store:
 
     # --- projects and their setup -------------------------------------------------------------
     def add_project(self, project: int) -> None:
+        if not valid_project_id(project):
+            raise ValueError(f"not a Label Studio project id: {project!r}")
         self.conn.sadd(f"{PREFIX}:projects", project)
 
     def projects(self) -> list[int]:
@@ -197,3 +208,22 @@ class Store:
 
     def clear_reconcile(self) -> None:
         self.conn.delete(f"{PREFIX}:reconcile:scheduled")
+
+    # --- skipped trainings, forgotten projects --------------------------------------------------
+    def record_training_skip(self, project: int, reason: str, at: float) -> None:
+        key = self._k(project, "train", "skipped")
+        pipe = self.conn.pipeline()
+        pipe.hincrby(key, "count", 1)
+        pipe.hset(key, mapping={"last_reason": reason, "last_at": at})
+        pipe.execute()
+
+    def training_skips(self, project: int) -> dict:
+        h = {k.decode(): v.decode() for k, v in self.conn.hgetall(self._k(project, "train", "skipped")).items()}
+        return {"count": int(h.get("count", 0)), "last_reason": h.get("last_reason"),
+                "last_at": float(h["last_at"]) if "last_at" in h else None}
+
+    def forget_project(self, project: int) -> int:
+        """Drop the project and every key under ``wtd:p:{project}:``; the number of keys deleted."""
+        self.conn.srem(f"{PREFIX}:projects", project)
+        keys = list(self.conn.scan_iter(match=self._k(project, "*"), count=500))
+        return int(self.conn.unlink(*keys)) if keys else 0

@@ -26,6 +26,8 @@ def train(project: int) -> dict:
     if not pairs:
         log.info("project %s: no annotations with a response yet; nothing to train", project)
         return {"skipped": "no annotated prompts"}
+    if proj.draft_adapter is not None and set(signatures) == st.trained_on(project):
+        return _skip(st, project, f"same {len(signatures)} annotations as adapter {proj.draft_adapter}")
     report_progress(step=0, total=None, loss=None)
     base = models.get(None)
     result = train_lora(base, pairs, proj.config.training(),
@@ -45,3 +47,10 @@ def train(project: int) -> dict:
     log.info("project %s: adapter %s trained on %d examples, loss %.4f", project, version, result.n_examples,
              result.loss)
     return record
+
+
+def _skip(st, project: int, reason: str) -> dict:
+    """A duplicate training (repeated events, a retry after the set was trained): counted in /metrics."""
+    log.info("project %s: training skipped: %s", project, reason)
+    st.record_training_skip(project, reason, time.time())
+    return {"skipped": reason}

@@ -64,6 +64,9 @@ class FakeLabelStudio:
     # --- the client contract ------------------------------------------------------------------
     def project(self, project_id: int) -> dict:
         self.calls.append("project")
+        if project_id not in self.projects:  # what the real client raises for Label Studio's 404
+            from backend.labelstudio import LabelStudioError
+            raise LabelStudioError(f"Label Studio API GET /api/projects/{project_id}: 404", 404)
         return dict(self.projects[project_id])
 
     def tasks(self, project_id: int) -> list[dict]:
