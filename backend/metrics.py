@@ -6,6 +6,7 @@ import time
 
 from rq.job import Job
 
+from backend.project import missing_adapters
 from backend.store import Store
 
 
@@ -31,6 +32,7 @@ def project_metrics(st, project: int) -> dict:
         "last_training": st.last_training(project),
         "training_pending": st.is_pending(project, "train"),
         "jobs": {kind: job_info(st, job_id) for kind, job_id in known.items()},
+        "adapters_missing": missing_adapters(project, (st.adapter(project), st.selection_adapter(project))),
     }
 
 

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         "How long finished jobs (and their progress meta) stay visible in /metrics. Default 86400."))
     failure_ttl_s: int = Field(7 * 24 * 3600, ge=1, description=(
         "How long failed jobs stay in RQ's failed registry. Default 604800 (a week)."))
+    adapter_keep: int = Field(10, ge=1, description=(
+        "Adapter versions kept per project, on disk and in Redis, besides the drafting and the selection "
+        "adapter; older ones are deleted after each training. Default 10."))
+    adapter_redis_max_mb: int = Field(256, ge=0, description=(
+        "Largest adapter (MB) copied into Redis, from which workers with their own MODEL_DIR fetch it; "
+        "a training whose adapter is bigger fails. 0 = no copies: every worker and the server must "
+        "then share MODEL_DIR. Default 256."))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
