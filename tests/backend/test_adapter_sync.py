@@ -219,6 +219,14 @@ def test_a_worker_on_another_host_drafts_with_the_new_adapter(fake_ls, tmp_path,
     assert r.status_code == 503 and version in r.json()["detail"]
     assert not [k for k in st.conn.keys(f"wtd:p:{pid}:scores:*") if st.conn.hexists(k, str(new))]
 
+    # Training does not need the lost adapter: the next one, on host C, heals the project.
+    for task in ls.tasks_by_project[pid][3:6]:
+        ls.annotate(pid, task["id"], "another answer")
+    enqueue.enqueue_train(pid)
+    run_worker()
+    assert st.adapter(pid) == "v0002" and project_metrics(st, pid)["adapters_missing"] == []
+    assert "|v0002|" in st.queue(pid)["score_key"] and new in st.scores(pid, st.queue(pid)["score_key"])
+
 
 @pytest.mark.slow
 def test_a_second_worker_process_with_its_own_model_dir_fetches_the_adapter(backend_env, tmp_path):
