@@ -26,6 +26,7 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterable
 
 import redis
@@ -215,7 +216,6 @@ class Store:
         Written chunk by chunk (each command stays small under the socket timeout) into a temporary
         key that expires if the writer dies, then renamed into place: a reader sees all or nothing.
         """
-        import uuid
         final = self._k(project, "adapter_files", version)
         tmp = f"{final}:partial:{uuid.uuid4().hex}"
         chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
