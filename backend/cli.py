@@ -78,7 +78,7 @@ CHANGEABLE = ("budget", "min_per_task", "strategy", "metric", "train_every", "ro
 
 
 def cmd_settings(a) -> int:
-    from backend import wiring
+    from backend import adapter_sync, wiring
     from backend.enqueue import enqueue_refresh
     from backend.project import our_backend
     from backend.project_config import ProjectConfigError, extra_params_dict, parse_extra_params
@@ -93,7 +93,7 @@ def cmd_settings(a) -> int:
         parse_extra_params(params)
     except ProjectConfigError as e:
         return _fail(str(e))
-    if a.adapter is not None and a.adapter not in wiring.adapter_store().versions(str(a.project)):
+    if a.adapter is not None and not adapter_sync.available(a.project, a.adapter):
         return _fail(f"--adapter: project {a.project} has no stored adapter version {a.adapter!r}")
     if changes:
         client.set_extra_params(backend["id"], params)

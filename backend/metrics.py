@@ -6,6 +6,7 @@ import time
 
 from rq.job import Job
 
+from backend.project import missing_adapters
 from backend.store import Store
 
 
@@ -32,6 +33,7 @@ def project_metrics(st, project: int) -> dict:
         "training_pending": st.is_pending(project, "train"),
         "jobs": {kind: job_info(st, job_id) for kind, job_id in known.items()},
         "training_skips": st.training_skips(project),
+        "adapters_missing": missing_adapters(project, (st.adapter(project), st.selection_adapter(project))),
     }
 
 

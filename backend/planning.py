@@ -76,6 +76,7 @@ def plan(client, st: Store, project: int) -> dict:
     """Enqueue score chunks for what is missing, and a queue-writing job that depends on all of them."""
     s = get_settings()
     proj = load_project(client, st, project)
+    proj.require_adapters()
     st.add_project(project)
     chunks = []
     for adapter, rows in needed_scores(proj).items():

@@ -18,6 +18,7 @@ def write_queue(project: int) -> dict:
     st, client = wiring.store(), wiring.make_client()
     with st.queue_lock(project, get_settings().score_job_timeout_s):
         proj = load_project(client, st, project)
+        proj.require_adapters()
         sel = current_selection(st, proj)
         unlabeled = {t["id"] for t in proj.unlabeled}
         drafts = st.scores(project, proj.draft_key, unlabeled)

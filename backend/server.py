@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.concurrency import run_in_threadpool
 
 from backend import enqueue, wiring
+from backend.adapter_sync import AdapterUnavailable
 from backend.metrics import all_metrics
 from backend.model_cache import score_tasks
 from backend.project import current_adapters
@@ -140,6 +141,12 @@ app = FastAPI(title="Weighted Task Diversity ML backend")
 async def _redis_down(request: Request, exc: Exception):
     log.error("Redis unavailable on %s: %s", request.url.path, exc)
     return JSONResponse({"detail": "Redis is unavailable; retry when it is back"}, status_code=503)
+
+
+@app.exception_handler(AdapterUnavailable)
+async def _adapter_missing(request: Request, exc: AdapterUnavailable):
+    # No draft rather than a base-model draft passed off as the adapter's (see backend.adapter_sync).
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 @app.exception_handler(RequestValidationError)

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         "Seconds between a worker's heartbeats, idle or busy. A job whose worker missed 4 of them (killed, out "
         "of memory, host lost) is failed and its work enqueued again, and a dead worker's scheduler lock "
         "passes to a live worker after 4 of them. Default 10."))
+    adapter_keep: int = Field(10, ge=1, description=(
+        "Adapter versions kept per project, on disk and in Redis, besides the drafting and the selection "
+        "adapter; older ones are deleted after each training. Default 10."))
+    adapter_redis_max_mb: int = Field(256, ge=0, description=(
+        "Largest adapter (MB) copied into Redis, from which workers with their own MODEL_DIR fetch it; "
+        "a training whose adapter is bigger fails. 0 = no copies: every worker and the server must "
+        "then share MODEL_DIR. Default 256."))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -79,6 +86,7 @@ READ_BY = {
     "score_queue": "both", "train_queue": "both", "score_chunk_size": "worker", "score_batch_size": "both",
     "reconcile_interval_s": "worker", "score_job_timeout_s": "both", "train_job_timeout_s": "both",
     "job_result_ttl_s": "both", "failure_ttl_s": "both", "worker_heartbeat_s": "worker",
+    "adapter_keep": "worker", "adapter_redis_max_mb": "worker",
 }
 """Which process reads each setting: the server (``serve``: /predict drafts in-process, /setup and /webhook
 enqueue), the worker (``worker``: jobs, the reconcile schedule, heartbeats), or both. Set each where it is read."""

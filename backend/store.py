@@ -20,15 +20,25 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:train:last             JSON result of the last training
   wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
   wtd:p:{p}:train:skipped          hash: count, last_reason, last_at of trainings skipped as duplicates
+  wtd:p:{p}:adapters               sorted set of the adapter versions published here (score = number)
+  wtd:p:{p}:adapter_files:{v}      hash: version {v}'s files as a tar in chunks c0, c1, ... + size, sha256
+  wtd:p:{p}:adapter_high           highest version number ever published (pruning never lowers it)
 """
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterable
 
 import redis
 
 PREFIX = "wtd"
+_PUBLISH = ("if redis.call('renamenx', KEYS[1], KEYS[2]) == 0 then return 0 end "
+            "redis.call('persist', KEYS[2]) redis.call('zadd', KEYS[3], ARGV[1], ARGV[2]) "
+            "if tonumber(redis.call('get', KEYS[4]) or '0') < tonumber(ARGV[1]) then "
+            "redis.call('set', KEYS[4], ARGV[1]) end return 1")
+"""Make a fully written temporary copy the version's copy, once (never over an existing one), and
+raise the high-water mark of version numbers."""
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -227,3 +237,59 @@ class Store:
         self.conn.srem(f"{PREFIX}:projects", project)
         keys = list(self.conn.scan_iter(match=self._k(project, "*"), count=500))
         return int(self.conn.unlink(*keys)) if keys else 0
+    # --- adapter copies (hosts without a shared MODEL_DIR fetch them) ---------------------------
+    def publish_adapter_files(self, project: int, version: str, number: int, data: bytes, sha256: str,
+                              chunk_bytes: int, partial_ttl_s: int = 3600) -> bool:
+        """Store ``data`` as ``version``'s copy; False if a copy of it exists already (left as is).
+
+        Written chunk by chunk (each command stays small under the socket timeout) into a temporary
+        key that expires if the writer dies, then renamed into place: a reader sees all or nothing.
+        """
+        final = self._k(project, "adapter_files", version)
+        tmp = f"{final}:partial:{uuid.uuid4().hex}"
+        chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
+        self.conn.hset(tmp, mapping={"size": len(data), "sha256": sha256, "chunks": len(chunks)})
+        self.conn.expire(tmp, partial_ttl_s)
+        for i, chunk in enumerate(chunks):
+            self.conn.hset(tmp, f"c{i}", chunk)
+        if self.conn.eval(_PUBLISH, 4, tmp, final, self._k(project, "adapters"), self._k(project, "adapter_high"),
+                          number, version):
+            return True
+        self.conn.delete(tmp)
+        return False
+
+    def adapter_files_info(self, project: int, version: str) -> dict | None:
+        """{"size", "sha256", "chunks"} of ``version``'s copy, or None if there is none."""
+        size, sha, chunks = self.conn.hmget(self._k(project, "adapter_files", version), "size", "sha256", "chunks")
+        if size is None:
+            return None
+        return {"size": int(size), "sha256": sha.decode(), "chunks": int(chunks)}
+
+    def adapter_files(self, project: int, version: str) -> bytes | None:
+        """``version``'s copy as written, or None if it is missing (or deleted while being read)."""
+        info = self.adapter_files_info(project, version)
+        if info is None:
+            return None
+        key, parts = self._k(project, "adapter_files", version), []
+        for i in range(info["chunks"]):
+            part = self.conn.hget(key, f"c{i}")
+            if part is None:
+                return None
+            parts.append(part)
+        return b"".join(parts)
+
+    def published_adapters(self, project: int) -> list[str]:
+        """Versions with a copy here, oldest first."""
+        return [v.decode() for v in self.conn.zrange(self._k(project, "adapters"), 0, -1)]
+
+    def highest_published(self, project: int) -> int:
+        """The highest version number ever published: new versions on any host are numbered above it."""
+        return int(self._get(self._k(project, "adapter_high")) or 0)
+
+    def delete_adapter_files(self, project: int, versions: Iterable[str]) -> None:
+        versions = list(versions)
+        if versions:
+            pipe = self.conn.pipeline()
+            pipe.zrem(self._k(project, "adapters"), *versions)
+            pipe.delete(*(self._k(project, "adapter_files", v) for v in versions))
+            pipe.execute()

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import replace
 
-from backend import wiring
+from backend import adapter_sync, wiring
 from backend.annotations import annotation_signature, is_annotated, latest_annotation, sft_pairs
 from backend.enqueue import enqueue_refresh, job_started, report_progress
 from backend.model_cache import models
@@ -34,6 +34,7 @@ def train(project: int) -> dict:
                         progress=lambda step, total, loss: report_progress(step=step, total=total, loss=loss))
     adapters = wiring.adapter_store()
     version = adapters.save(str(project), result.peft_model, {**result.meta(), "annotations": len(signatures)})
+    adapter_sync.publish(project, version)  # before anyone is told to use it: other hosts fetch it
     # The freshly trained model scores the drafts: no reload from disk.
     path = str(adapters.path(str(project), version))
     models.put(path, replace(base, model=result.peft_model, adapter=path))
@@ -44,6 +45,7 @@ def train(project: int) -> dict:
     record = {**result.meta(), "version": version, "finished_at": time.time(), "rounds_done": st.rounds_done(project)}
     st.save_training(project, record, signatures)
     enqueue_refresh(project)
+    adapter_sync.prune(project)
     log.info("project %s: adapter %s trained on %d examples, loss %.4f", project, version, result.n_examples,
              result.loss)
     return record
