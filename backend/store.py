@@ -19,6 +19,8 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:train:trained_on       set of annotation signatures the last training read
   wtd:p:{p}:train:last             JSON result of the last training
   wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
+  wtd:p:{p}:quality                hash adapter version -> JSON held-out quality record (backend.quality)
+  wtd:p:{p}:quality:base           hash held-out example key -> the base model's NLL on it (a cache)
 """
 from __future__ import annotations
 
@@ -197,3 +199,24 @@ class Store:
 
     def clear_reconcile(self) -> None:
         self.conn.delete(f"{PREFIX}:reconcile:scheduled")
+
+    # --- held-out quality -----------------------------------------------------------------------
+    def save_quality(self, project: int, version: str, record: dict) -> None:
+        self.conn.hset(self._k(project, "quality"), version, json.dumps(record))
+
+    def quality(self, project: int) -> list[dict]:
+        """Every adapter version's quality record, oldest version first."""
+        items = self.conn.hgetall(self._k(project, "quality")).items()
+        return [json.loads(v) for _, v in sorted(items, key=lambda kv: (len(kv[0]), kv[0]))]
+
+    def base_nll(self, project: int, keys: list[str]) -> dict[str, float]:
+        vals = self.conn.hmget(self._k(project, "quality", "base"), keys) if keys else []
+        return {k: float(v) for k, v in zip(keys, vals) if v is not None}
+
+    def set_base_nll(self, project: int, values: dict[str, float]) -> None:
+        """Replace the cache with ``values``: entries of examples no longer held out are dropped."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "quality", "base"))
+        if values:
+            pipe.hset(self._k(project, "quality", "base"), mapping=values)
+        pipe.execute()
