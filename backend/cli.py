@@ -160,13 +160,16 @@ def cmd_export(a) -> int:
 
     if a.adapter is not None and (problem := adapter_dest_problem(a.adapter)):
         return _fail(problem)
-    st = wiring.store()
+    st, client = wiring.store(), None
     try:
-        proj = load_project(wiring.make_client(), st, a.project)
+        client = wiring.make_client()
+        proj = load_project(client, st, a.project)
     except LabelStudioError as e:
         if e.status == 404:
             return _fail(f"project {a.project}: not found in Label Studio (GET {e.path}: HTTP 404)")
-        return _fail(str(e).splitlines()[0])
+        unreachable = e.path and e.status is None  # a call that never got an HTTP answer
+        where = getattr(client, "url", None) or get_settings().label_studio_url
+        return _fail((f"cannot reach Label Studio at {where}: " if unreachable else "") + str(e).splitlines()[0])
     except (LabelConfigError, ProjectConfigError) as e:
         return _fail(f"project {a.project}: {e}")
     version = proj.draft_adapter
