@@ -4,7 +4,7 @@
 record in full)::
 
     "quality": {"status": "ok" | "too few held-out answers (3 of 5 needed)" | "no training yet" | ...,
-                "versions": [{"version": "v0001", "annotations": 40, "trained_on": 36, "heldout": 4,
+                "versions": [{"version": "v0001", "annotations": 40, "trained_on": 36, "heldout": 4, "holdout": 0.1,
                               "status": "ok", "overall": {"n", "base_nll", "adapter_nll"},
                               "macro": {"tasks", "base_nll", "adapter_nll"} | None,
                               "per_task": {label: {"n", "base_nll", "adapter_nll"} | {"n", "status"}},

@@ -15,6 +15,7 @@ dashboard show it::
     {"version": "v0003", "finished_at": 1790000000.0,
      "annotations": 40,          # tasks with a usable answer when it trained (trained on + held out)
      "trained_on": 36, "heldout": 4,
+     "holdout": 0.1,             # the share in force: versions measured at different shares read different tasks
      "status": "ok" | "too few held-out answers (4 of 5 needed)" | "nothing is held out (holdout 0)",
      "overall": {"n": 4, "base_nll": 2.31, "adapter_nll": 1.87},   # mean over held-out answers;
                                                                    # only n when status is not "ok"
@@ -108,7 +109,7 @@ def measure(st: Store, proj: Project, version: str, base_lm, adapter_lm, heldout
     st.set_base_nll(proj.id, {k: cached[k] for k in keys})
     adapter = nlls(adapter_lm, heldout, batch_size)
     record = {"version": version, "finished_at": time.time(), "annotations": trained_on + len(heldout),
-              "trained_on": trained_on, "heldout": len(heldout),
+              "trained_on": trained_on, "heldout": len(heldout), "holdout": proj.config.holdout,
               **summarize([e.label for e in heldout], [cached[k] for k in keys], adapter, proj.config.holdout)}
     st.save_quality(proj.id, version, record)
     log.info("project %s: adapter %s held-out quality: %s (base %d new of %d)", proj.id, version,
@@ -128,13 +129,14 @@ def after_training(st: Store, proj: Project, version: str, base_lm, adapter_lm, 
             measure(st, proj, version, base_lm, adapter_lm, heldout, trained_on, get_settings().score_batch_size)
     except Exception as e:
         log.exception("project %s: held-out evaluation of %s failed", proj.id, version)
-        st.save_quality(proj.id, version, failed(version, heldout, trained_on, e))
+        st.save_quality(proj.id, version, failed(version, heldout, trained_on, proj.config.holdout, e))
 
 
-def failed(version: str, heldout: list[HeldOut], trained_on: int, error: Exception) -> dict:
+def failed(version: str, heldout: list[HeldOut], trained_on: int, share: float, error: Exception) -> dict:
     """The record of a version whose evaluation failed (the adapter itself is fine)."""
     return {"version": version, "finished_at": time.time(), "annotations": trained_on + len(heldout),
-            "trained_on": trained_on, "heldout": len(heldout), "status": f"evaluation failed: {error}",
+            "trained_on": trained_on, "heldout": len(heldout), "holdout": share,
+            "status": f"evaluation failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
             "overall": {"n": len(heldout)}, "macro": None, "per_task": {}}
 
 
@@ -175,7 +177,7 @@ def report(st: Store, project: int) -> dict:
 
 
 def describe(record: dict) -> str:
-    """One line for people: ``v0003 after 40 annotations (4 held out): NLL base 2.31 -> adapter 1.87``."""
+    """One line for people: ``v0003 after 40 annotations (4 held out): held-out NLL base 2.310 -> adapter 1.870``."""
     head = f"{record['version']} after {record['annotations']} annotations ({record['heldout']} held out)"
     if record["status"] != "ok":
         return f"{head}: {record['status']}"

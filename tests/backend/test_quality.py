@@ -117,3 +117,19 @@ def test_training_stores_base_and_adapter_nll_per_version(backend_env, monkeypat
     assert cli.main(["settings", "--project", str(pid)]) == 0
     out = capsys.readouterr().out
     assert "quality: ok" in out and "v0002 after 30 annotations" in out and "-> adapter" in out
+
+
+def test_a_failed_evaluation_is_recorded_and_does_not_raise(fake_ls, monkeypatch):
+    from backend.project import load_project
+
+    st, pid = wiring.store(), fake_ls.project_id
+
+    def broken(lm, examples, batch_size):
+        raise RuntimeError("CUDA out of memory\nwith details")
+    monkeypatch.setattr(quality, "nlls", broken)
+    proj = load_project(fake_ls, st, pid)
+    quality.after_training(st, proj, "v0001", None, None, [quality.HeldOut(3, "a", "p", "r")], 4)
+    [record] = st.quality(pid)
+    assert record["status"] == "evaluation failed: CUDA out of memory" and record["annotations"] == 5
+    assert quality.report(st, pid)["status"] == record["status"]
+    assert quality.describe(record) == "v0001 after 5 annotations (1 held out): evaluation failed: CUDA out of memory"
