@@ -60,6 +60,11 @@ class ProjectConfig(BaseModel):
                             description=f"Training batch size. Default {TrainConfig.batch_size}.")
     max_length: int = Field(TrainConfig.max_length, ge=8, description=(
         f"Prompt + response tokens per training example. Default {TrainConfig.max_length}."))
+    holdout: float = Field(0.1, ge=0, lt=1, description=(
+        "Share of tasks whose annotations are kept out of training to measure the adapter (held-out "
+        "NLL, base vs adapter); a task is held out or not for good (a hash of its id). Held-out tasks "
+        "stay in the queue and are annotated as usual. 0 = train on everything, no quality figures. "
+        "Default 0.1."))
 
     @field_validator("budget", mode="before")
     @classmethod

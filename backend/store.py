@@ -23,6 +23,8 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:adapters               sorted set of the adapter versions published here (score = number)
   wtd:p:{p}:adapter_files:{v}      hash: version {v}'s files as a tar in chunks c0, c1, ... + size, sha256
   wtd:p:{p}:adapter_high           highest version number ever published (pruning never lowers it)
+  wtd:p:{p}:quality                hash adapter version -> JSON held-out quality record (backend.quality)
+  wtd:p:{p}:quality:base           hash held-out example key -> the base model's NLL on it (a cache)
 """
 from __future__ import annotations
 
@@ -237,6 +239,7 @@ class Store:
         self.conn.srem(f"{PREFIX}:projects", project)
         keys = list(self.conn.scan_iter(match=self._k(project, "*"), count=500))
         return int(self.conn.unlink(*keys)) if keys else 0
+
     # --- adapter copies (hosts without a shared MODEL_DIR fetch them) ---------------------------
     def publish_adapter_files(self, project: int, version: str, number: int, data: bytes, sha256: str,
                               chunk_bytes: int, partial_ttl_s: int = 3600) -> bool:
@@ -293,3 +296,24 @@ class Store:
             pipe.zrem(self._k(project, "adapters"), *versions)
             pipe.delete(*(self._k(project, "adapter_files", v) for v in versions))
             pipe.execute()
+
+    # --- held-out quality -----------------------------------------------------------------------
+    def save_quality(self, project: int, version: str, record: dict) -> None:
+        self.conn.hset(self._k(project, "quality"), version, json.dumps(record))
+
+    def quality(self, project: int) -> list[dict]:
+        """Every adapter version's quality record, oldest version first."""
+        items = self.conn.hgetall(self._k(project, "quality")).items()
+        return [json.loads(v) for _, v in sorted(items, key=lambda kv: (len(kv[0]), kv[0]))]
+
+    def base_nll(self, project: int, keys: list[str]) -> dict[str, float]:
+        vals = self.conn.hmget(self._k(project, "quality", "base"), keys) if keys else []
+        return {k: float(v) for k, v in zip(keys, vals) if v is not None}
+
+    def set_base_nll(self, project: int, values: dict[str, float]) -> None:
+        """Replace the cache with ``values``: entries of examples no longer held out are dropped."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "quality", "base"))
+        if values:
+            pipe.hset(self._k(project, "quality", "base"), mapping=values)
+        pipe.execute()

@@ -5,8 +5,8 @@ import logging
 import time
 from dataclasses import replace
 
-from backend import adapter_sync, wiring
-from backend.annotations import annotation_signature, is_annotated, latest_annotation, sft_pairs
+from backend import adapter_sync, quality, wiring
+from backend.annotations import annotation_signature, is_annotated, latest_annotation
 from backend.enqueue import enqueue_refresh, job_started, report_progress
 from backend.model_cache import models
 from backend.project import load_project
@@ -21,7 +21,7 @@ def train(project: int) -> dict:
     st = job_started(project, "train")
     st.reset_changes(project)
     proj = load_project(wiring.make_client(), st, project)
-    pairs = sft_pairs(proj.tasks, proj.iface, proj.prompt_field)
+    pairs, heldout = quality.split(proj)  # held-out tasks are never trained on
     signatures = [annotation_signature(latest_annotation(t)) for t in proj.tasks if is_annotated(t)]
     if not pairs:
         log.info("project %s: no annotations with a response yet; nothing to train", project)
@@ -38,6 +38,7 @@ def train(project: int) -> dict:
     # The freshly trained model scores the drafts: no reload from disk.
     path = str(adapters.path(str(project), version))
     models.put(path, replace(base, model=result.peft_model, adapter=path))
+    quality.after_training(st, proj, version, base, models.get(path), heldout, len(pairs))
     st.set_adapter(project, version)
     if proj.config.rounds > st.rounds_done(project):
         st.set_selection_adapter(project, version)

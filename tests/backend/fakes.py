@@ -50,9 +50,11 @@ class FakeLabelStudio:
             ids.append(tid)
         return ids
 
-    def annotate(self, project: int, task_id: int, text: str, cancelled: bool = False) -> dict:
+    def annotate(self, project: int, task_id: int, text: str, cancelled: bool = False,
+                 completed_by: int | None = None) -> dict:
         now = datetime.now(timezone.utc).isoformat()
         ann = {"id": next(self._ids), "was_cancelled": cancelled, "created_at": now, "updated_at": now,
+               "completed_by": completed_by,
                "result": [{"from_name": "response", "to_name": "prompt", "type": "textarea",
                            "value": {"text": [text]}}]}
         self._task(project, task_id)["annotations"].append(ann)

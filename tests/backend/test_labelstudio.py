@@ -128,6 +128,7 @@ def test_tasks_reads_every_page_with_annotations(client, project, monkeypatch):
     [ann] = tasks[ids[4]]["annotations"]
     assert ann["id"] == annotation["id"] and ann["result"] == textarea("an answer")
     assert ann["was_cancelled"] is False and ann["created_at"] and ann["updated_at"]
+    assert isinstance(ann["completed_by"], int) and ann["completed_by"] == annotation["completed_by"]
 
 
 @pytest.mark.e2e
