@@ -24,6 +24,18 @@ RULE = "a count B gives min(B, n); a fraction f gives min(n, ceil(f * n)) (round
 """The rounding rule in words, for help texts."""
 
 
+def number(text: str) -> int | float:
+    """The text of a budget as a number: "16" -> 16 (a count), "0.05" or "1.0" -> a float (a fraction).
+    Only the conversion; ``Budget`` checks the range."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"not a number: {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Budget:
     value: int | float
@@ -47,15 +59,7 @@ class Budget:
         """A budget from text ("16", "0.05") or a number; ValueError with a one-line reason."""
         if isinstance(value, Budget):
             return value
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise ValueError(f"not a number: {value!r}") from None
-        return cls(value)
+        return cls(number(value) if isinstance(value, str) else value)
 
     @property
     def is_fraction(self) -> bool:
