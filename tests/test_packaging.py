@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -54,9 +55,14 @@ def test_console_scripts_point_at_the_cli_mains():
 def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     """Build a real wheel, install it into a fresh venv that sees the project venv's dependencies (not
     this checkout), and run `wtd select` on unscored prompts in a folder of the user's."""
+    # Built from a copy: setuptools writes build/ next to the sources, and a stale build/lib in the
+    # checkout could slip deleted modules into the wheel.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv*", ".git", "var", "build", "results", "__pycache__",
+                                                            ".pytest_cache", ".hypothesis", "*.egg-info"))
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+                        "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     wheel = next(wheels.glob("wtd_backend-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
