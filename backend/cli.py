@@ -19,13 +19,13 @@ EXIT_BAD_INPUT = 2
 
 
 def _budget(value: str) -> int | float:
+    """The number as the project's ``budget`` setting stores it; ``ProjectConfig`` (``model.budget``)
+    checks its range, so a bad value is reported like a bad ``extra_params`` setting."""
+    from model.budget import number
     try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        return number(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("settings", help="show or change a project's settings (through Label Studio)")
     s.add_argument("--project", type=int, required=True)
-    s.add_argument("--budget", type=_budget, help="prompts to annotate, or a fraction 0 < f <= 1 of the tasks")
+    s.add_argument("--budget", type=_budget,
+                   help="prompts to annotate (an int >= 1), or a fraction 0 < f <= 1 of the tasks (rounded up)")
     s.add_argument("--min-per-task", type=int)
     s.add_argument("--strategy")
     s.add_argument("--metric")

@@ -36,6 +36,7 @@ def project_metrics(st, project: int) -> dict:
     statuses = [j.get_status(refresh=False) for j in chunks]
     return {
         "queue": st.queue(project),
+        "selection": selection_summary(st.selection(project)),
         "scoring": {"chunks": len(chunk_ids),
                     "by_status": {s.value: statuses.count(s) for s in set(statuses)},
                     "done": sum(j.meta.get("done", 0) for j in chunks),
@@ -50,6 +51,14 @@ def project_metrics(st, project: int) -> dict:
         "adapters_missing": missing_adapters(project, (st.adapter(project), st.selection_adapter(project))),
         "quality": quality_report(st, project),
     }
+
+
+def selection_summary(frozen: dict | None) -> dict | None:
+    """The current selection per task (no task ids: the queue itself is in ``queue``)."""
+    if frozen is None:
+        return None
+    return {"budget": frozen["budget"], "selected": len(frozen["order"]),
+            **{k: frozen[k] for k in ("allocation", "task_confidence", "task_sizes")}}
 
 
 def job_info(st, job_id: str) -> dict:

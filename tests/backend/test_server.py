@@ -140,6 +140,10 @@ def test_metrics_show_queue_scoring_and_jobs(client, fake_ls):
     assert m["queue"]["model_version"] == f"wtd-{pid}-1" and m["queue"]["selected"] == 4
     assert m["scoring"]["done"] == m["scoring"]["total"] == 10
     assert m["jobs"]["write"]["status"] == "finished" and m["adapter"] is None
+    sel = m["selection"]  # the selection per task, for reports (the demo's) that must not read Redis keys
+    assert sel["budget"] == sel["selected"] == sum(sel["allocation"].values()) == 4
+    assert set(sel["allocation"]) == set(sel["task_sizes"]) == set(sel["task_confidence"])
+    assert sum(sel["task_sizes"].values()) == 10
 
 
 @pytest.fixture
