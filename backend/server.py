@@ -12,6 +12,7 @@ and lets at most ``PREDICT_MAX_WAITING`` calls wait for the model (503 beyond); 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import uuid
 from typing import Any
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
 HANDLED_EVENTS = TRAIN_EVENTS | {"START_TRAINING", "TASKS_CREATED"}
+_PROJECT_REF = re.compile(r"([0-9]{1,19})(?:\.[0-9]*)?")
 MAX_DELETED_COUNTED = 10_000
 """Annotation ids of one ANNOTATIONS_DELETED event counted toward train_every (the rest add nothing)."""
 RETRY_AFTER_S = 5
@@ -87,10 +89,14 @@ def _project_id(v: Any) -> int:
         v = v.get("id")
     if isinstance(v, bool) or v is None:
         raise ValueError("project id missing")
-    try:
-        project = int(str(v).split(".")[0])
-    except ValueError:
-        raise ValueError(f"not a project id: {str(v)[:40]!r}") from None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, int):
+        project = v
+    elif isinstance(v, str) and (m := _PROJECT_REF.fullmatch(v.strip())):
+        project = int(m.group(1))
+    else:
+        raise ValueError(f"not a project id: {str(v)[:40]!r}")
     if not valid_project_id(project):
         raise ValueError(f"project id must be an integer from 1 to 2^63-1, got {str(project)[:40]}")
     return project
