@@ -33,7 +33,7 @@ from backend.planning import webhook_auth_fingerprint
 from backend.project import current_adapters
 from backend.queue_writer import queue_score
 from backend.annotations import LabelConfigError, annotation_signature, parse_label_config, textarea_result
-from backend.project_config import ProjectConfigError, extra_params_dict, parse_extra_params
+from backend.project_config import ProjectConfig, ProjectConfigError, extra_params_dict, parse_extra_params
 from backend.request_body import parse_json, read_json
 from backend.settings import get_settings
 from backend.store import valid_project_id
@@ -207,6 +207,15 @@ async def setup(request: Request) -> dict:
     return {"model_version": _model_version(st.queue(body.project), body.project)}
 
 
+def _known_project(st, project: int) -> tuple[ProjectConfig, str | None] | None:
+    """The settings and label config of the last /setup (validated there; defaults for a project the
+    jobs know without one), or None for a project never set up: its requests create no state."""
+    saved = st.setup(project)
+    if saved is not None:
+        return parse_extra_params(saved[1]), saved[0]
+    return (ProjectConfig(), None) if st.has_project(project) else None
+
+
 def clip_prompt(prompt: str, limit: int) -> str:
     """At most ``limit`` characters: the start and the end of a longer prompt (its middle is cut)."""
     if len(prompt) <= limit:
@@ -241,12 +250,12 @@ async def predict(request: Request) -> dict:
     s = get_settings()
     body = _validated(PredictBody, await _json(request))
     st = wiring.store()
-    saved = st.setup(body.project)
-    if saved is None:  # never set up (or its state was lost): answer, but create nothing for it
+    known = _known_project(st, body.project)
+    if known is None:  # never set up (or its state was lost): answer, but create nothing for it
         log.warning("project %s: /predict before any /setup; answering without drafts", body.project)
         unplanned = {"result": [], "score": queue_score(-1, 0), "model_version": _model_version(None, body.project)}
         return {"results": [unplanned for _ in body.tasks]}
-    config, saved_label_config = parse_extra_params(saved[1]), saved[0]
+    config, saved_label_config = known
     try:
         iface = parse_label_config(body.label_config or saved_label_config or "")
     except LabelConfigError as e:
@@ -294,8 +303,8 @@ async def webhook(request: Request) -> dict:
     if body.project is None:
         raise HTTPException(422, f"{body.action}: payload has no project id")
     st, p = wiring.store(), body.project
-    saved = st.setup(p)
-    if saved is None:  # unknown (or a fuzzer's) id: registering it would only give reconcile work
+    known = _known_project(st, p)
+    if known is None:  # unknown (or a fuzzer's) id: registering it would only give reconcile work
         return {"status": "ignored", "action": body.action, "reason": f"project {p} was never set up"}
     job = None
     if body.action == "TASKS_CREATED":
@@ -303,7 +312,7 @@ async def webhook(request: Request) -> dict:
     elif body.action == "START_TRAINING":
         job = enqueue.enqueue_train(p)
     else:
-        train_every = parse_extra_params(saved[1]).train_every
+        train_every = known[0].train_every
         if train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every:
             job = enqueue.enqueue_train(p)
     return {"status": "queued" if job else "coalesced", "action": body.action}

@@ -327,6 +327,9 @@ class Store:
         return int(self.conn.eval(_ADD_CHANGES, 2, self._k(project, "changed"),
                                   self._k(project, "train", "trained_on"), *sigs))
 
+    def has_project(self, project: int) -> bool:
+        return bool(self.conn.sismember(f"{PREFIX}:projects", project))
+
     def webhook_auth(self, project: int) -> str | None:
         return self._get(self._k(project, "webhook_auth"))
 
