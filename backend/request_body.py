@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays accepted; Label Studio's payloads nest a handful of levels."""
@@ -46,11 +47,14 @@ async def read_capped(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody reads the answer, but it is a 4xx, not a traceback in the log
+        raise HTTPException(400, "request body: the client disconnected before sending all of it") from None
     return b"".join(chunks)
 
 
@@ -65,22 +69,21 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _bracket_depth(text: bytes) -> int:
+    """The deepest running count of ``[{`` minus ``]}``, brackets inside strings included. O(len), in C."""
+    brackets = text.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    # '[' 0x5b and '{' 0x7b have bit 1 set; ']' 0x5d and '}' 0x7d do not: +1 opens, -1 closes.
+    steps = (np.frombuffer(brackets, dtype=np.int8) & 2) - 1
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
 def nesting_depth(raw: bytes) -> int:
-    """How deep the objects and arrays of a JSON text nest. O(len(raw)), in C but for one line.
-
-    Counting every bracket over-estimates when strings hold unbalanced ones; only then are the strings
-    cut out (a slower regex) and the brackets counted again.
-    """
-    def count(text: bytes) -> int:
-        brackets = text.translate(None, _NOT_BRACKETS)
-        if not brackets:
-            return 0
-        # '[' 0x5b and '{' 0x7b have bit 1 set; ']' 0x5d and '}' 0x7d do not: +1 opens, -1 closes.
-        steps = (np.frombuffer(brackets, dtype=np.int8) & 2) - 1
-        return int(np.cumsum(steps, dtype=np.int32).max())
-
-    bound = count(raw)
-    return bound if bound <= MAX_DEPTH else count(_STRING.sub(b"", raw))
+    """How deep the objects and arrays of a valid JSON text nest: its strings are cut out, then the
+    brackets counted. O(len(raw)) for valid JSON only (an unterminated string makes the regex quadratic),
+    so ``json.loads`` (C, linear) checks the text first."""
+    return _bracket_depth(_STRING.sub(b"", raw))
 
 
 def parse_json(raw: bytes, what: str = "request body") -> Any:
@@ -92,16 +95,16 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _bad(f"not UTF-8 ({e.reason} at byte {e.start})", what) from None
-    if nesting_depth(raw) > MAX_DEPTH:
-        raise _bad(f"nested deeper than {MAX_DEPTH} levels", what)
     try:
         value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise _bad(f"not valid JSON: {e}", what) from None
-    except RecursionError:  # cannot pass the depth check; kept so that it could never be a 500
+    except RecursionError:  # the C decoder stops near the interpreter's recursion limit (~1000 levels)
         raise _bad(f"nested deeper than {MAX_DEPTH} levels", what) from None
     except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits, 1e999, NaN
         raise _bad(str(e), what) from None
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise _bad(f"nested deeper than {MAX_DEPTH} levels", what)
     # Decoded UTF-8 holds no surrogates: only \uD800-\uDFFF escapes can put them in, paired or not.
     if _SURROGATE_ESCAPE.search(text):
         try:
