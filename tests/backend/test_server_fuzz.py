@@ -39,7 +39,8 @@ PREDICT = st.fixed_dictionaries({"project": IDS, "tasks": st.one_of(TASKS, JSONI
     "label_config": st.one_of(st.just(LABEL_CONFIG), TEXT, JSONISH), "params": JSONISH})
 ANNOTATION = st.fixed_dictionaries({"id": st.one_of(st.integers(0, 5), JSONISH)},
                                    optional={"updated_at": st.one_of(TEXT, JSONISH)})
-WEBHOOK = st.fixed_dictionaries({"action": st.one_of(st.sampled_from(sorted(HANDLED_EVENTS)), TEXT, JSONISH)}, optional={
+ACTIONS = st.one_of(st.sampled_from(sorted(HANDLED_EVENTS)), TEXT, JSONISH)
+WEBHOOK = st.fixed_dictionaries({"action": ACTIONS}, optional={
     "project": st.one_of(IDS, st.fixed_dictionaries({"id": IDS})),
     "annotation": st.one_of(ANNOTATION, JSONISH), "annotations": st.one_of(st.lists(ANNOTATION, max_size=3), JSONISH),
     "tasks": JSONISH})
