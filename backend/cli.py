@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(a) -> int:
     import uvicorn
-    uvicorn.run("backend.server:app", host=a.host, port=a.port, log_level="info")
+
+    from backend.access_log import log_config
+    uvicorn.run("backend.server:app", host=a.host, port=a.port, log_level="info", log_config=log_config())
     return 0
 
 

@@ -69,3 +69,9 @@ def score_tasks(project: int, adapter: str | None, rows: list[dict], max_new_tok
                 if progress:
                     progress(start + len(batch), len(todo))
     return done
+
+
+def stored_scores(project: int, adapter: str | None, rows: list[dict], max_new_tokens: int) -> dict[int, dict]:
+    """The scores of ``rows`` already stored under the key (one Redis read, no model)."""
+    key = score_key(get_settings().model_name_or_path, adapter, max_new_tokens)
+    return wiring.store().scores(project, key, [r["id"] for r in rows])

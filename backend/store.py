@@ -15,7 +15,8 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:jobs                   hash kind -> id of the latest job of that kind (metrics, chaining)
   wtd:p:{p}:seq:{kind}             counter behind the deterministic job ids wtd-{kind}-{p}-{n}
   wtd:p:{p}:lock:queue             lock held while a queue is written (one writer per project)
-  wtd:p:{p}:changes                annotation changes seen by webhooks since the last training started
+  wtd:p:{p}:changed                set of annotation change signatures seen by webhooks since the last
+                                   training started (copies of one event count once)
   wtd:p:{p}:train:trained_on       set of annotation signatures the last training read
   wtd:p:{p}:train:last             JSON result of the last training
   wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
@@ -25,6 +26,7 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:adapter_high           highest version number ever published (pruning never lowers it)
   wtd:p:{p}:quality                hash adapter version -> JSON held-out quality record (backend.quality)
   wtd:p:{p}:quality:base           hash held-out example key -> the base model's NLL on it (a cache)
+  wtd:p:{p}:webhook_auth           fingerprint of the credentials last put on Label Studio's webhook
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ _PUBLISH = ("if redis.call('renamenx', KEYS[1], KEYS[2]) == 0 then return 0 end 
 """Make a fully written temporary copy the version's copy, once (never over an existing one), and
 raise the high-water mark of version numbers."""
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_ADD_CHANGES = ("for _, s in ipairs(ARGV) do if redis.call('sismember', KEYS[2], s) == 0 then "
+                "redis.call('sadd', KEYS[1], s) end end return redis.call('scard', KEYS[1])")
 
 
 def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
@@ -193,11 +197,8 @@ class Store:
         return {k.decode(): v.decode() for k, v in self.conn.hgetall(self._k(project, "jobs")).items()}
 
     # --- training -----------------------------------------------------------------------------
-    def add_change(self, project: int) -> int:
-        return int(self.conn.incr(self._k(project, "changes")))
-
     def reset_changes(self, project: int) -> None:
-        self.conn.delete(self._k(project, "changes"))
+        self.conn.delete(self._k(project, "changed"), self._k(project, "changes"))  # changes: the old counter
 
     def trained_on(self, project: int) -> set[str]:
         return {s.decode() for s in self.conn.smembers(self._k(project, "train", "trained_on"))}
@@ -317,3 +318,20 @@ class Store:
         if values:
             pipe.hset(self._k(project, "quality", "base"), mapping=values)
         pipe.execute()
+
+    # --- annotation changes and webhook credentials (server side of duplicate events, auth) -----
+    def add_changes(self, project: int, signatures: Iterable[str]) -> int:
+        """Count changed-annotation signatures toward retraining, each once and none the last training
+        read; returns how many distinct ones were seen since the last training started. O(signatures)."""
+        sigs = list(signatures)
+        return int(self.conn.eval(_ADD_CHANGES, 2, self._k(project, "changed"),
+                                  self._k(project, "train", "trained_on"), *sigs))
+
+    def has_project(self, project: int) -> bool:
+        return bool(self.conn.sismember(f"{PREFIX}:projects", project))
+
+    def webhook_auth(self, project: int) -> str | None:
+        return self._get(self._k(project, "webhook_auth"))
+
+    def set_webhook_auth(self, project: int, fingerprint: str) -> None:
+        self.conn.set(self._k(project, "webhook_auth"), fingerprint)
