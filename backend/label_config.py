@@ -12,7 +12,7 @@ Verified in headless Chromium by tests/browser/test_labeling_and_dashboard.py.
 What Label Studio 1.23's own options cannot do: refuse an emptied draft. ``enable_empty_annotation:
 false`` refuses only an annotation without any result, and ``required="true"`` only a TextArea without
 any region; an edited-in-place draft is a region even when its text was deleted, so Submit saves
-``{"text": [""]}`` either way (both tried in headless Chromium). The backend never trains on empty
+``{"text": [""]}`` either way (both tried in headless Chromium; the browser test checks the first). The backend never trains on empty
 responses, and the instructions tell annotators to Skip instead.
 """
 from __future__ import annotations

@@ -2,9 +2,10 @@
 Studio 1.23, ``python -m backend serve`` and a burst worker (the e2e test's fixtures and helpers).
 
 The annotator logs in through the web form, opens "Label All Tasks" on a project made with the
-recommended label config and instructions, edits the draft in place and submits it, then submits the
-next draft unchanged: the API must hold exactly those texts, on the first two tasks of the backend's
-queue. The second annotation's webhook starts a training (train_every = 2); once a burst worker has
+recommended label config and instructions, edits the draft in place and submits it, submits the next
+draft unchanged, and empties the third one and submits it (Label Studio saves it: documented in
+backend/label_config.py): the API must hold exactly those texts, on the first three tasks of the
+backend's queue. The annotations' webhooks start a training (train_every = 2); once a burst worker has
 run it and re-written the queue, the admin opens /dashboard, whose numbers must equal /metrics. Screenshots of both pages
 go to $BROWSER_SCREENSHOTS (docs/screenshots for the README) or the test's temp dir.
 """
@@ -33,9 +34,13 @@ WAIT_S = 90
 EDITED = "An edited answer.\nIts second line."
 
 
-def _wait(driver, what, timeout_s: float = WAIT_S):
+def _wait(driver, what, message: str = "", timeout_s: float = WAIT_S):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.25).until(what)
+    # React re-renders the page while it loads: an element found a moment ago may be gone; look again.
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.25,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(what, message)
 
 
 def _screenshot(driver, tmp_path: Path, name: str) -> None:
@@ -53,14 +58,16 @@ def log_in(driver, ls_url: str) -> None:
     _wait(driver, lambda d: "/user/login" not in d.current_url)
 
 
-def draft_box(driver, previous: str | None = None):
-    """The one editable box of the labeling page, once it holds a task's draft (not ``previous``'s)."""
+def draft_box(driver, draft: str, old=None):
+    """The one editable box of the labeling page once it holds ``draft`` and is not ``old``, the previous
+    task's box (Label Studio renders a new element for each task: comparing ids needs no DOM access)."""
     from selenium.webdriver.common.by import By
 
     def ready(d):
         boxes = [b for b in d.find_elements(By.TAG_NAME, "textarea") if b.is_displayed()]
-        return boxes if boxes and boxes[0].get_attribute("value") not in ("", previous) else False
-    boxes = _wait(driver, ready)
+        fresh = boxes and boxes[0] != old and boxes[0].get_attribute("value") == draft
+        return boxes if fresh else False
+    boxes = _wait(driver, ready, f"no editable box holding the draft {draft!r}")
     assert len(boxes) == 1, "the draft must be the only input box (maxSubmissions=1, transcription=true)"
     return boxes[0]
 
@@ -102,8 +109,7 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     close = _wait(chrome, lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Close modal']"))
     assert "Rewrite" in chrome.find_element(By.XPATH, "//*[contains(., 'Labeling Instructions')]").text
     close.click()
-    box = draft_box(chrome)
-    assert box.get_attribute("value") == drafts[queue[0]]
+    box = draft_box(chrome, drafts[queue[0]])
     box.click()
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(EDITED.split("\n")[0], Keys.ENTER, EDITED.split("\n")[1])  # Enter adds a line
@@ -111,21 +117,26 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     submit(chrome)
 
     # The next task is the queue's next; submitting it unchanged saves the draft as it is.
-    box = draft_box(chrome, previous=EDITED)
-    assert box.get_attribute("value") == drafts[queue[1]]
+    box = draft_box(chrome, drafts[queue[1]], old=box)
     submit(chrome)
-    _wait(chrome, lambda d: len(saved_texts(client, project)) == 2)
-    assert saved_texts(client, project) == {queue[0]: [[EDITED]], queue[1]: [[drafts[queue[1]]]]}
-    assert client.next_task(project)["id"] == queue[2]
+    # What Label Studio 1.23 cannot refuse (backend/label_config.py): a draft whose text was deleted is
+    # still a region, so neither enable_empty_annotation=false nor required="true" stops its Submit.
+    box = draft_box(chrome, drafts[queue[2]], old=box)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    submit(chrome)
+    _wait(chrome, lambda d: len(saved_texts(client, project)) == 3)
+    assert saved_texts(client, project) == {queue[0]: [[EDITED]], queue[1]: [[drafts[queue[1]]]], queue[2]: [[""]]}
+    assert client.next_task(project)["id"] == queue[3]
 
-    # The second annotation's webhook queued a training: run it (it re-writes the queue), then the
+    # The annotations' webhooks queued a training: run it (it re-writes the queue), then the
     # dashboard, behind the backend's basic auth, shows the numbers of /metrics.
     def metrics() -> dict:
         return httpx.get(f"{backend_url}/metrics", auth=AUTH, timeout=10).json()["projects"][str(project)]
     _wait(chrome, lambda d: metrics()["training_pending"])
     run_worker(env, tmp_path, e2e_redis)
     m = metrics()
-    assert [h["version"] for h in m["training_history"]] == ["v0001"] and m["queue"]["annotated"] == 2
+    assert [h["version"] for h in m["training_history"]] == ["v0001"] and m["queue"]["annotated"] == 3
     chrome.execute_cdp_cmd("Network.enable", {})
     token = base64.b64encode(":".join(AUTH).encode()).decode()
     chrome.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
@@ -147,9 +158,9 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     assert shown("annotated") == {None: str(annotated)}
     assert shown("model_version") == {None: m["queue"]["model_version"]}
     assert re.findall(r"#(\d+)", shown("head")[None]) == [str(t) for t in m["queue"]["head"]]
-    assert m["queue"]["head"] == queue[2:2 + len(m["queue"]["head"])]
+    assert m["queue"]["head"] == queue[3:3 + len(m["queue"]["head"])]
     # Trained on every annotation with a response (a tiny-model draft may be only whitespace).
-    responses = sum(1 for text in (EDITED, drafts[queue[1]]) if text.strip())
+    responses = sum(1 for text in (EDITED, drafts[queue[1]], "") if text.strip())
     assert shown("examples") == {"v0001": str(m["training_history"][0]["n_examples"])} == {"v0001": str(responses)}, \
         repr(drafts[queue[1]])
     assert shown("failed_jobs") == {None: "none"} and not m["label_config_warnings"]
