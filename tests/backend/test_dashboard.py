@@ -45,7 +45,7 @@ def test_dashboard_shows_the_numbers_of_metrics(client, fake_ls):
     assert values(page, "allocated") == {t: str(n) for t, n in sel["allocation"].items()}
     assert values(page, "pool") == {t: str(n) for t, n in sel["task_sizes"].items()}
     assert values(page, "confidence") == {t: f"{c:.3g}" for t, c in sel["task_confidence"].items()}
-    assert [h["version"] for h in m["training_history"]] == ["v0001"]
+    assert [(h["version"], h["annotations"]) for h in m["training_history"]] == [("v0001", 3)]
     assert values(page, "examples") == {"v0001": str(m["training_history"][0]["n_examples"])}
     assert " ".join(f"#{t}" for t in m["queue"]["head"]).replace(" ", ", ") in page
     assert values(page, "scored")[None] == str(m["scoring"]["done"])

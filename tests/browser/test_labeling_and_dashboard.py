@@ -22,6 +22,8 @@ import pytest
 
 from backend.label_config import PROJECT_FIELDS, RECOMMENDED_LABEL_CONFIG
 from backend.labelstudio import LabelStudioClient
+from backend.project_config import ProjectConfig
+from backend.quality import is_heldout
 from tests.e2e.labelstudio_server import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.e2e.test_end_to_end import (AUTH, SUBJECTS, TEMPLATES, active_predictions, backend,  # noqa: F401
                                        e2e_redis, run_worker)
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 EXTRA_PARAMS = {"budget": 6, "min_per_task": 1, "train_every": 2, "task_field": "task", "max_new_tokens": 6,
                 "epochs": 1, "batch_size": 2, "r": 4}
+HOLDOUT = ProjectConfig().holdout
 WAIT_S = 90
 EDITED = "An edited answer.\nIts second line."
 
@@ -159,8 +162,10 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     assert shown("model_version") == {None: m["queue"]["model_version"]}
     assert re.findall(r"#(\d+)", shown("head")[None]) == [str(t) for t in m["queue"]["head"]]
     assert m["queue"]["head"] == queue[3:3 + len(m["queue"]["head"])]
-    # Trained on every annotation with a response (a tiny-model draft may be only whitespace).
-    responses = sum(1 for text in (EDITED, drafts[queue[1]], "") if text.strip())
+    # Trained on every annotation with a response (a tiny-model draft may be only whitespace), held-out
+    # tasks aside.
+    answers = {queue[0]: EDITED, queue[1]: drafts[queue[1]], queue[2]: ""}
+    responses = sum(1 for t, text in answers.items() if text.strip() and not is_heldout(t, HOLDOUT))
     assert shown("examples") == {"v0001": str(m["training_history"][0]["n_examples"])} == {"v0001": str(responses)}, \
         repr(drafts[queue[1]])
     assert shown("failed_jobs") == {None: "none"} and not m["label_config_warnings"]
