@@ -50,6 +50,8 @@ def project_metrics(st, project: int) -> dict:
         "training_skips": st.training_skips(project),
         "adapters_missing": missing_adapters(project, (st.adapter(project), st.selection_adapter(project))),
         "quality": quality_report(st, project),
+        "label_config_warnings": st.config_warnings(project),
+        "training_history": st.training_history(project),
     }
 
 

@@ -1,4 +1,5 @@
-"""FastAPI app speaking the label-studio-ml protocol: /health, /setup, /predict, /webhook, /metrics.
+"""FastAPI app speaking the label-studio-ml protocol: /health, /setup, /predict, /webhook, /metrics;
+and /dashboard (backend/dashboard.py) for admins.
 
 Requests never load a model except /predict for tasks without current stored scores, and never wait
 on Label Studio: /setup and /webhook only write Redis and enqueue jobs. Redis is connected lazily, so a
@@ -25,8 +26,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from backend import enqueue, wiring
+from backend import dashboard, enqueue, wiring
 from backend.adapter_sync import AdapterUnavailable
+from backend.label_config import record_draft_warnings
 from backend.metrics import all_metrics
 from backend.model_cache import score_tasks, stored_scores
 from backend.planning import webhook_auth_fingerprint
@@ -153,6 +155,7 @@ def _validated(model: type[BaseModel], payload: Any):
 # ------------------------------------------------------------------------------------------ app
 # No /docs, /redoc or /openapi.json: they would be the only routes open without auth.
 app = FastAPI(title="Weighted Task Diversity ML backend", docs_url=None, redoc_url=None, openapi_url=None)
+app.include_router(dashboard.router, dependencies=[Depends(require_auth)])
 
 
 @app.exception_handler(redis.exceptions.ConnectionError)
@@ -198,6 +201,7 @@ async def setup(request: Request) -> dict:
     except (ProjectConfigError, LabelConfigError) as e:
         raise HTTPException(400, str(e)) from None
     st = wiring.store()  # everything is validated: only now is anything written
+    record_draft_warnings(st, body.project, body.label_config)
     # Label Studio re-runs /setup whenever the project changes - including our own queue activation -
     # so only changed settings or a project not connected yet start a connect, else each pass loops.
     if st.save_setup(body.project, body.label_config, params) or not enqueue.connected(body.project):

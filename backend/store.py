@@ -27,6 +27,8 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:quality                hash adapter version -> JSON held-out quality record (backend.quality)
   wtd:p:{p}:quality:base           hash held-out example key -> the base model's NLL on it (a cache)
   wtd:p:{p}:webhook_auth           fingerprint of the credentials last put on Label Studio's webhook
+  wtd:p:{p}:config_warnings        JSON list: why the last /setup's label config hides the draft
+  wtd:p:{p}:train:history          list of JSON training records, oldest first (the last TRAINING_HISTORY)
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ _PUBLISH = ("if redis.call('renamenx', KEYS[1], KEYS[2]) == 0 then return 0 end 
             "redis.call('set', KEYS[4], ARGV[1]) end return 1")
 """Make a fully written temporary copy the version's copy, once (never over an existing one), and
 raise the high-water mark of version numbers."""
+TRAINING_HISTORY = 100
+"""Training records kept per project for /metrics and the dashboard (older ones are dropped)."""
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _ADD_CHANGES = ("for _, s in ipairs(ARGV) do if redis.call('sismember', KEYS[2], s) == 0 then "
                 "redis.call('sadd', KEYS[1], s) end end return redis.call('scard', KEYS[1])")
@@ -205,9 +209,11 @@ class Store:
 
     def save_training(self, project: int, result: dict, signatures: Iterable[str]) -> None:
         pipe = self.conn.pipeline()
-        pipe.set(self._k(project, "train", "last"), json.dumps(result))
-        pipe.delete(self._k(project, "train", "trained_on"))
         sigs = list(signatures)
+        pipe.set(self._k(project, "train", "last"), json.dumps(result))
+        pipe.rpush(self._k(project, "train", "history"), json.dumps({**result, "annotations": len(sigs)}))
+        pipe.ltrim(self._k(project, "train", "history"), -TRAINING_HISTORY, -1)
+        pipe.delete(self._k(project, "train", "trained_on"))
         if sigs:
             pipe.sadd(self._k(project, "train", "trained_on"), *sigs)
         pipe.execute()
@@ -335,3 +341,13 @@ class Store:
 
     def set_webhook_auth(self, project: int, fingerprint: str) -> None:
         self.conn.set(self._k(project, "webhook_auth"), fingerprint)
+    # --- label config warnings ----------------------------------------------------------------
+    def set_config_warnings(self, project: int, warnings: list[str]) -> None:
+        self.conn.set(self._k(project, "config_warnings"), json.dumps(warnings))
+
+    def config_warnings(self, project: int) -> list[str]:
+        return self._get_json(self._k(project, "config_warnings")) or []
+
+    def training_history(self, project: int) -> list[dict]:
+        """The last ``TRAINING_HISTORY`` training records (version, n_examples, loss, duration_s, ...)."""
+        return [json.loads(v) for v in self.conn.lrange(self._k(project, "train", "history"), 0, -1)]

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.label_config import PROJECT_FIELDS, RECOMMENDED_LABEL_CONFIG  # noqa: E402
 from backend.labelstudio import LabelStudioClient  # noqa: E402
 from model.budget import Budget  # noqa: E402
 from scripts.local_labelstudio import (Supervisor, label_studio_argv, label_studio_bin,  # noqa: E402
@@ -31,12 +32,7 @@ RUN = VAR / "run"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "wtd-demo-password"
 ADMIN_TOKEN = "wtd-demo-legacy-token-0123456789"
-LABEL_CONFIG = """<View>
-  <Header value="Task: $task"/>
-  <Text name="prompt" value="$prompt"/>
-  <TextArea name="response" toName="prompt" rows="6" editable="true" maxSubmissions="1"
-            placeholder="Write the response (the model's draft is pre-filled)"/>
-</View>"""
+LABEL_CONFIG = RECOMMENDED_LABEL_CONFIG  # the draft is an editable box (backend/label_config.py)
 # Eight Natural Instructions v1 subtasks of different kinds (question generation, wrong-answer
 # generation, classification, extraction, answering) whose prompts stay under 1000 characters.
 SUBTASKS = [
@@ -132,7 +128,9 @@ def ensure_project(say, client: LabelStudioClient, title: str, rows: list[dict])
     if found:
         say(f"  reusing project {found['id']} {title!r} ({found.get('task_number', '?')} tasks)")
         return found["id"]
-    project = client.create_project(title, LABEL_CONFIG, description="Weighted Task Diversity demo")["id"]
+    # Instructions for annotators (submit, edit, rewrite); empty annotations refused.
+    project = client.create_project(title, LABEL_CONFIG, description="Weighted Task Diversity demo",
+                                    **PROJECT_FIELDS)["id"]
     n = client.import_tasks(project, [{"data": {"prompt": r["prompt"], "task": r["task"]}} for r in rows])
     say(f"  created project {project} {title!r} with {n} tasks")
     return project
@@ -281,7 +279,7 @@ def run(a, services: Supervisor) -> int:
     say(f"Label Studio   {ls_url}/projects/{project}/data   (Label All Tasks follows the queue)")
     say(f"login          {ADMIN_EMAIL} / {ADMIN_PASSWORD}   (API token {ADMIN_TOKEN})")
     say(f"queue          {queue['model_version']}: {queue['selected']} selected of {queue['tasks']} tasks")
-    say(f"backend        {backend_url}/metrics")
+    say(f"dashboard      {backend_url}/dashboard   (budget, progress, allocation, training; JSON at /metrics)")
     if png:
         say(f"allocation     {png.relative_to(ROOT)}")
     say("Ctrl-C stops everything this script started.")
