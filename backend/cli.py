@@ -122,7 +122,8 @@ def project_state(client, st, project: int) -> dict:
             "queue_head": sorted(positions, key=positions.get)[:10],
             "model_version": (st.queue(project) or {}).get("model_version"),
             "adapter": st.adapter(project), "last_training": st.last_training(project),
-            "refresh_pending": st.is_pending(project, "refresh"), "training_pending": st.is_pending(project, "train")}
+            "refresh_pending": st.is_pending(project, "refresh"), "training_pending": st.is_pending(project, "train"),
+            "progress": st.progress(project)}
 
 
 def _human(state: dict) -> str:

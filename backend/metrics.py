@@ -31,6 +31,7 @@ def project_metrics(st, project: int) -> dict:
         "last_training": st.last_training(project),
         "training_pending": st.is_pending(project, "train"),
         "jobs": {kind: job_info(st, job_id) for kind, job_id in known.items()},
+        "progress": st.progress(project),
     }
 
 

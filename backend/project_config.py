@@ -60,6 +60,10 @@ class ProjectConfig(BaseModel):
                             description=f"Training batch size. Default {TrainConfig.batch_size}.")
     max_length: int = Field(TrainConfig.max_length, ge=8, description=(
         f"Prompt + response tokens per training example. Default {TrainConfig.max_length}."))
+    draft_ahead: int = Field(50, ge=0, description=(
+        "Unlabeled tasks, next in queue order, whose drafts a retraining pass re-writes with the new "
+        "adapter; tasks further down keep their last draft until the window reaches them. "
+        "0 = never re-draft. Default 50."))
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from backend.annotations import annotation_signature, is_annotated, latest_annot
 from backend.enqueue import enqueue_refresh, enqueue_train, schedule_reconcile
 from backend.planning import needed_scores
 from backend.project import load_project
+from backend.queue_writer import draft_window
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,13 @@ def reconcile_project(project: int) -> dict:
     unqueued = len(proj.unlabeled) - len(queued)
     trained_on = st.trained_on(project)
     new = sum(annotation_signature(latest_annotation(t)) not in trained_on for t in proj.tasks if is_annotated(t))
-    out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "refresh": False, "train": False}
-    if unscored or unqueued:
+    window = draft_window(st.all_positions(project), {t["id"] for t in proj.unlabeled}, proj.config.draft_ahead)
+    drafted = st.drafted(project, window)
+    stale = sum(drafted.get(t) != proj.draft_key for t in window)
+    leftover = max(0, (st.queue(project) or {}).get("stale_versions", 0))
+    out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "stale_drafts": stale,
+           "stale_versions": leftover, "refresh": False, "train": False}
+    if unscored or unqueued or stale or leftover:
         out["refresh"] = enqueue_refresh(project) is not None
     if proj.config.train_every and new >= proj.config.train_every:
         out["train"] = enqueue_train(project) is not None
