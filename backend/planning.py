@@ -89,11 +89,12 @@ def plan(client, st: Store, project: int) -> dict:
                 SCORE_CHUNK, (project, adapter, rows[start:start + s.score_chunk_size], proj.config.max_new_tokens),
                 s.score_queue, s.score_job_timeout_s, st.next_job_id(project, "score")))
     # A failed chunk must not block the queue: its tasks stay unscored (served last) until reconcile.
-    writer = enqueue_job(WRITE_QUEUE, (project,), s.score_queue, s.score_job_timeout_s,
-                         st.next_job_id(project, "write"),
+    # Recorded before it is enqueued: an earlier writer that sees a newer one leaves the write to it.
+    write_id = st.next_job_id(project, "write")
+    st.set_job(project, "write", write_id)
+    writer = enqueue_job(WRITE_QUEUE, (project,), s.score_queue, s.score_job_timeout_s, write_id,
                          depends_on=Dependency(jobs=chunks, allow_failure=True) if chunks else None)
     st.set_job(project, "score", json.dumps([j.id for j in chunks]))
-    st.set_job(project, "write", writer.id)
     return {"tasks": len(proj.tasks), "score_jobs": len(chunks), "write_job": writer.id}
 
 
