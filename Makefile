@@ -23,7 +23,15 @@ $(VENV_LS)/.installed:
 	$(VENV_LS)/bin/python -m pip install -q label-studio==$(LS_VERSION)
 	touch $@
 
-venv: $(VENV)/.installed
+# The project itself as a package (`wtd`, `wtd-backend`), built from this checkout, not editable: it is
+# reinstalled when a source file changes. Its dependencies come from the lock above (--no-deps).
+SOURCES := pyproject.toml $(shell find model backend -name '*.py' 2>/dev/null)
+$(VENV)/.project: $(VENV)/.installed $(SOURCES)
+	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	rm -rf build
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.project
 venv-ls: $(VENV_LS)/.installed
 
 demo: venv venv-ls

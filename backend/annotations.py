@@ -48,12 +48,17 @@ def textarea_result(iface: Interface, text: str) -> list[dict]:
 
 
 def result_text(result: list[dict] | None, from_name: str) -> str | None:
-    """The response text in an annotation result (lines of the TextArea joined), None if absent."""
+    """The response text in an annotation result, None if absent or blank.
+
+    The TextArea's lines are trimmed, blank ones dropped, and the rest joined: plain Enter submits a
+    line in Label Studio, so a saved answer often ends in whitespace or an empty line that no model
+    should learn to produce.
+    """
     for item in result or []:
         if item.get("from_name") == from_name and item.get("type", "textarea") == "textarea":
             lines = (item.get("value") or {}).get("text") or []
-            text = "\n".join(str(s) for s in lines)
-            return text if text.strip() else None
+            text = "\n".join(s for s in (str(line).strip() for line in lines) if s)
+            return text or None
     return None
 
 
@@ -73,13 +78,20 @@ def annotation_signature(annotation: dict) -> str:
     return f"{annotation.get('id')}@{annotation.get('updated_at') or annotation.get('created_at') or ''}"
 
 
-def sft_pairs(tasks: list[dict], iface: Interface, prompt_field: str) -> list[tuple[str, str]]:
-    """(prompt, response) training pairs: the latest non-cancelled annotation of each task."""
-    pairs = []
+def sft_examples(tasks: list[dict], iface: Interface, prompt_field: str) -> list[tuple[dict, dict, str, str]]:
+    """(task, annotation, prompt, response) of every task whose latest non-cancelled annotation has a
+    non-blank (trimmed) response and whose prompt is a non-blank string: what training and export use."""
+    out = []
     for task in tasks:
         ann = latest_annotation(task)
         prompt = (task.get("data") or {}).get(prompt_field)
         text = result_text(ann.get("result"), iface.from_name) if ann else None
         if isinstance(prompt, str) and prompt.strip() and text:
-            pairs.append((prompt, text))
-    return pairs
+            out.append((task, ann, prompt, text))
+    return out
+
+
+def sft_pairs(tasks: list[dict], iface: Interface, prompt_field: str) -> list[tuple[str, str]]:
+    """(prompt, response) training pairs: the latest non-cancelled annotation of each task, trimmed;
+    a blank response is never a pair."""
+    return [(prompt, text) for _, _, prompt, text in sft_examples(tasks, iface, prompt_field)]

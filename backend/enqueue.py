@@ -21,6 +21,7 @@ CONNECT = "backend.planning.connect_project"
 REFRESH = "backend.planning.refresh"
 TRAIN = "backend.training_job.train"
 RECONCILE = "backend.reconcile.reconcile_all"
+SECURE_WEBHOOK = "backend.planning.secure_project_webhook"
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 STALE_AFTER_S = 60
@@ -82,6 +83,8 @@ def enqueue_refresh(project: int) -> Job | None:
 
 def enqueue_train(project: int) -> Job | None:
     """At most one queued and one running training per project: a new one waits for the running one."""
+    from backend.watchdog import reap_abandoned
+    reap_abandoned()  # a running training whose worker died is failed first: nothing waits behind it
     s, st = get_settings(), wiring.store()
     prev = st.jobs(project).get("train")
     dep = None
@@ -99,6 +102,20 @@ def schedule_reconcile() -> Job | None:
         return None
     return wiring.queue(s.score_queue).enqueue_in(timedelta(seconds=s.reconcile_interval_s), RECONCILE,
                                                   result_ttl=s.job_result_ttl_s, failure_ttl=s.failure_ttl_s)
+
+
+def connecting(project: int) -> bool:
+    """The latest connect job has yet to finish (it secures the webhook itself)."""
+    st = wiring.store()
+    job_id = st.jobs(project).get("connect")
+    job = Job.fetch_many([job_id], connection=st.conn)[0] if job_id else None
+    return job is not None and job.get_status() in UNFINISHED
+
+
+def enqueue_secure_webhook(project: int) -> Job | None:
+    """Put the current credentials on the project's Label Studio webhook (cheap: no scoring, no plan)."""
+    s = get_settings()
+    return _enqueue_once(project, "webhook", SECURE_WEBHOOK, s.score_queue, s.score_job_timeout_s)
 
 
 # ------------------------------------------------------------------------------ inside a running job

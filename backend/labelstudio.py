@@ -157,7 +157,7 @@ class LabelStudioClient:
     @staticmethod
     def _task_dict(task) -> dict:
         raw = _as_dict(task)
-        keep = ("id", "result", "was_cancelled", "created_at", "updated_at")
+        keep = ("id", "result", "was_cancelled", "created_at", "updated_at", "completed_by")
         return {"id": raw["id"], "data": raw.get("data") or {},
                 "annotations": [{k: a.get(k) for k in keep} for a in raw.get("annotations") or []]}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from backend import wiring
+from backend import adapter_sync, wiring
 from backend.project import score_key
 from backend.settings import get_settings
 
@@ -55,7 +55,7 @@ def score_tasks(project: int, adapter: str | None, rows: list[dict], max_new_tok
     done = st.scores(project, key, [r["id"] for r in rows])
     todo = [r for r in rows if r["id"] not in done]
     if todo:
-        path = str(wiring.adapter_store().path(str(project), adapter)) if adapter else None
+        path = str(adapter_sync.ensure_local(project, adapter)) if adapter else None
         cfg = ScoringConfig(max_new_tokens=max_new_tokens, batch_size=s.score_batch_size, device=s.device,
                             progress=False)
         with models.lock:  # one generation at a time per process (the server scores from threads)
@@ -69,3 +69,9 @@ def score_tasks(project: int, adapter: str | None, rows: list[dict], max_new_tok
                 if progress:
                     progress(start + len(batch), len(todo))
     return done
+
+
+def stored_scores(project: int, adapter: str | None, rows: list[dict], max_new_tokens: int) -> dict[int, dict]:
+    """The scores of ``rows`` already stored under the key (one Redis read, no model)."""
+    key = score_key(get_settings().model_name_or_path, adapter, max_new_tokens)
+    return wiring.store().scores(project, key, [r["id"] for r in rows])

@@ -6,8 +6,10 @@ under the needed score keys, and a ``write_queue`` job that depends on all of th
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+from functools import lru_cache
 
 from rq.job import Dependency
 
@@ -34,20 +36,29 @@ def connect_project(project: int) -> dict:
     return {"webhook_secured": secured, **plan(client, st, project)}
 
 
-def secure_webhook(client, project: int) -> bool | None:
-    """Label Studio creates the webhook without headers: without one, auth would silently drop events."""
+def webhook_headers() -> dict[str, str] | None:
+    """The header Label Studio's webhook must carry to pass this backend's auth; None without auth."""
     s = get_settings()
     if s.webhook_secret is not None:
-        headers = {"X-Webhook-Secret": s.webhook_secret.get_secret_value()}
-    elif s.basic_auth is not None:
-        headers = {"Authorization": "Basic " + base64.b64encode(":".join(s.basic_auth).encode()).decode()}
+        return {"X-Webhook-Secret": s.webhook_secret.get_secret_value()}
+    if s.basic_auth is not None:
+        return {"Authorization": "Basic " + base64.b64encode(":".join(s.basic_auth).encode()).decode()}
+    return None
+
+
+def secure_webhook(client, project: int) -> bool | None:
+    """Label Studio creates the webhook without headers: without one, auth would silently drop events."""
+    s, headers = get_settings(), webhook_headers()
+    if headers is None:
+        secured = None  # no auth: nothing to add
     else:
-        return None  # no auth: nothing to add
-    urls = [s.public_url] if s.public_url else [b.get("url") for b in client.ml_backends(project)]
-    if any(client.secure_webhook(project, u.rstrip("/"), headers) for u in urls if u):
-        return True
-    log.warning("project %s: no webhook for this backend found; training relies on the reconcile pass", project)
-    return False
+        urls = [s.public_url] if s.public_url else [b.get("url") for b in client.ml_backends(project)]
+        secured = any(client.secure_webhook(project, u.rstrip("/"), headers) for u in urls if u)
+    if secured is False:
+        log.warning("project %s: no webhook for this backend found; training relies on the reconcile pass", project)
+    else:  # /setup compares it with the credentials in force and re-secures when they changed
+        wiring.store().set_webhook_auth(project, webhook_auth_fingerprint())
+    return secured
 
 
 def refresh(project: int) -> dict:
@@ -81,6 +92,7 @@ def plan(client, st: Store, project: int) -> dict:
     """Enqueue score chunks for what is missing, and a queue-writing job that depends on all of them."""
     s = get_settings()
     proj = load_project(client, st, project)
+    proj.require_adapters()
     st.add_project(project)
     chunks = []
     for adapter, rows in needed_scores(proj).items():
@@ -103,3 +115,19 @@ def score_chunk(project: int, adapter: str | None, rows: list[dict], max_new_tok
     done = score_tasks(project, adapter, rows, max_new_tokens,
                        progress=lambda d, t: report_progress(done=d, total=t))
     return {"scored": len(done)}
+
+
+def secure_project_webhook(project: int) -> dict:
+    """After a /setup that found the webhook's credentials out of date (auth turned on or changed)."""
+    job_started(project, "webhook")
+    return {"webhook_secured": secure_webhook(wiring.make_client(), project)}
+
+
+def webhook_auth_fingerprint() -> str:
+    """Names the credentials in force without revealing them (a slow salted hash, computed once each)."""
+    return _fingerprint(json.dumps(webhook_headers(), sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _fingerprint(headers: str) -> str:
+    return hashlib.pbkdf2_hmac("sha256", headers.encode(), b"wtd-webhook-auth", 200_000).hex()[:32]

@@ -2,7 +2,9 @@
 
 ``load_project`` is the one place that reads a project from Label Studio (the source of truth) and
 looks up its adapters; ``current_adapters`` is the one lookup of which stored adapter drafts and which
-selects, checked against the adapter store.
+selects. The versions recorded in Redis are in force on every host: a host without a version's files
+fetches them from Redis (``adapter_sync.ensure_local``); a version in neither place is reported
+(``missing_adapters``, /metrics) and the work that needs it fails; it is never replaced by the base model.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from backend import wiring
+from backend import adapter_sync
 from backend.annotations import Interface, is_annotated, parse_label_config
 from backend.project_config import ProjectConfig, parse_extra_params
 from backend.settings import Settings, get_settings
@@ -29,23 +31,18 @@ def score_key(model: str | None, adapter: str | None, max_new_tokens: int) -> st
     return f"{tag}|{adapter or 'base'}|t{max_new_tokens}"
 
 
-def valid_adapter(project: int, version: str | None) -> str | None:
-    """``version`` if it is a complete stored adapter, else None (the base model)."""
-    if version is None:
-        return None
-    if version in wiring.adapter_store().versions(str(project)):
-        return version
-    log.warning("project %s: adapter %r is not a complete stored version; using the base model", project, version)
-    return None
+def missing_adapters(project: int, versions) -> list[str]:
+    """Of ``versions`` (None = base model), those neither in this host's MODEL_DIR nor in Redis."""
+    return sorted({v for v in versions if v is not None and not adapter_sync.available(project, v)})
 
 
 def current_adapters(st: Store, project: int, rounds: int) -> tuple[str | None, str | None]:
-    """(draft adapter, selection adapter), each a complete stored version or None (the base model).
+    """(draft adapter, selection adapter) as recorded in Redis, None = the base model.
 
     With one round, selection always uses the base model, so its queue survives retraining.
     """
-    draft = valid_adapter(project, st.adapter(project))
-    selection = valid_adapter(project, st.selection_adapter(project)) if rounds > 1 else None
+    draft = st.adapter(project)
+    selection = st.selection_adapter(project) if rounds > 1 else None
     return draft, selection
 
 
@@ -60,6 +57,8 @@ class Project:
     """The base model (``MODEL_NAME_OR_PATH``) that the score keys name."""
     draft_adapter: str | None
     selection_adapter: str | None
+    missing_adapters: tuple[str, ...] = ()
+    """Adapters in force that no host can load (see ``require_adapters``)."""
     active_version: str | None = None
     """The model_version Label Studio's queue follows now (``project.model_version``)."""
 
@@ -91,6 +90,12 @@ class Project:
     def selection_key(self) -> str:
         return self.score_key(self.selection_adapter)
 
+    def require_adapters(self) -> None:
+        """Raise ``AdapterUnavailable`` if an adapter in force is missing: planning or writing a queue
+        then fails (and the last written queue stays) instead of drafting with the base model."""
+        if self.missing_adapters:
+            raise adapter_sync.AdapterUnavailable(self.id, ", ".join(self.missing_adapters))
+
 
 def our_backend(backends: list[dict], settings: Settings) -> dict | None:
     """This backend's connection among the project's ML backends (by ``PUBLIC_URL``, else the first)."""
@@ -115,7 +120,10 @@ def load_project(client, st: Store, project: int, sync: bool = True) -> Project:
         extra = saved[1] if saved else None
     config = parse_extra_params(extra)
     draft, selection = current_adapters(st, project, config.rounds)
+    missing = missing_adapters(project, (draft, selection))
+    if missing:
+        log.error("%s", adapter_sync.AdapterUnavailable(project, ", ".join(missing)))
     if sync:
         sync_index(client, st, project, raw.get("task_number"))
     return Project(project, config, parse_label_config(raw.get("label_config", "")), indexed_tasks(st, project),
-                   s.model_name_or_path, draft, selection, raw.get("model_version") or None)
+                   s.model_name_or_path, draft, selection, tuple(missing), raw.get("model_version") or None)

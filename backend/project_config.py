@@ -6,12 +6,13 @@ truth; every error names the offending setting because Label Studio shows /setup
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.config import METRICS, STRATEGIES, WITHIN_ORDERS, SelectionConfig, TrainConfig
+from model.budget import Budget
+from model.config import METRICS, WITHIN_ORDERS, SelectionConfig, TrainConfig
+from model.strategies import STRATEGIES
 
 
 class ProjectConfigError(ValueError):
@@ -27,7 +28,8 @@ class ProjectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     budget: int | float = Field(0.25, description=(
-        "Prompts to annotate: an int >= 1, or a fraction 0 < f <= 1 of the project's tasks. Default 0.25."))
+        "Prompts to annotate: an int >= 1, or a fraction 0 < f <= 1 of the project's tasks (rounded up: "
+        "0.25 of 10 tasks is 3). Default 0.25."))
     min_per_task: int = Field(5, ge=0, description="Base allocation per task before weighting. Default 5.")
     strategy: Literal[STRATEGIES] = Field("weighted_task_diversity", description=(
         f"Selection strategy: {', '.join(STRATEGIES)}. Default weighted_task_diversity."))
@@ -60,6 +62,11 @@ class ProjectConfig(BaseModel):
                             description=f"Training batch size. Default {TrainConfig.batch_size}.")
     max_length: int = Field(TrainConfig.max_length, ge=8, description=(
         f"Prompt + response tokens per training example. Default {TrainConfig.max_length}."))
+    holdout: float = Field(0.1, ge=0, lt=1, description=(
+        "Share of tasks whose annotations are kept out of training to measure the adapter (held-out "
+        "NLL, base vs adapter); a task is held out or not for good (a hash of its id). Held-out tasks "
+        "stay in the queue and are annotated as usual. 0 = train on everything, no quality figures. "
+        "Default 0.1."))
     draft_ahead: int = Field(50, ge=0, description=(
         "Unlabeled tasks, next in queue order, whose drafts a retraining pass re-writes with the new "
         "adapter; tasks further down keep their last draft until the window reaches them. "
@@ -68,18 +75,13 @@ class ProjectConfig(BaseModel):
     @field_validator("budget", mode="before")
     @classmethod
     def _budget(cls, v: Any):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"must be an integer >= 1 or a fraction 0 < f <= 1, got {v!r}")
-        if isinstance(v, float) and not (math.isfinite(v) and 0 < v <= 1):
-            raise ValueError(f"a fraction must be 0 < f <= 1, got {v!r}")
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
+        if isinstance(v, str):  # JSON has numbers for this; "3" in extra_params is a mistake worth naming
+            raise ValueError(f"must be a number (an integer >= 1 or a fraction 0 < f <= 1), got {v!r}")
+        return Budget.parse(v).value
 
     def budget_for(self, n_tasks: int) -> int:
-        """The budget in prompts for a project of ``n_tasks`` tasks (a fraction rounds up)."""
-        b = math.ceil(self.budget * n_tasks) if isinstance(self.budget, float) else self.budget
-        return min(b, n_tasks)
+        """The budget in prompts for a project of ``n_tasks`` tasks (``model.budget``: a fraction rounds up)."""
+        return Budget.parse(self.budget).resolve(n_tasks)
 
     def selection(self, budget: int) -> SelectionConfig:
         return SelectionConfig(budget=budget, strategy=self.strategy, min_per_task=self.min_per_task,

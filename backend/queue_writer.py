@@ -44,6 +44,7 @@ def write_queue(project: int) -> dict:
         return {"skipped": f"superseded by {latest}"}
     with st.queue_lock(project, get_settings().score_job_timeout_s):
         proj = load_project(client, st, project, sync=False)
+        proj.require_adapters()
         sel = current_selection(st, proj)
         prev = st.queue(project)
         positions = st.all_positions(project)

@@ -6,8 +6,10 @@ import logging
 from backend import wiring
 from backend.annotations import annotation_signature, is_annotated, latest_annotation
 from backend.enqueue import enqueue_refresh, enqueue_train, schedule_reconcile
+from backend.labelstudio import LabelStudioError
 from backend.planning import needed_scores
 from backend.project import load_project
+from backend.store import valid_project_id
 from backend.queue_writer import draft_window
 
 log = logging.getLogger(__name__)
@@ -21,13 +23,24 @@ def reconcile_all() -> dict:
     try:
         for project in st.projects():
             try:
-                out[project] = reconcile_project(project)
+                out[project] = reconcile_project(project) if valid_project_id(project) else \
+                    _forget(st, project, "not a Label Studio project id")
             except Exception as e:  # one broken project must not stop the others
+                if isinstance(e, LabelStudioError) and e.status == 404:
+                    out[project] = _forget(st, project, "Label Studio has no such project")
+                    continue
                 log.exception("project %s: reconcile failed", project)
                 out[project] = {"error": str(e)}
     finally:
         schedule_reconcile()
     return out
+
+
+def _forget(st, project: int, why: str) -> dict:
+    """Logged once, then the project's state is gone (deleted in Label Studio, or an id that never existed)."""
+    log.warning("project %s: %s; forgetting its state", project, why)
+    st.forget_project(project)
+    return {"forgotten": why}
 
 
 def reconcile_project(project: int) -> dict:

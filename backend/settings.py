@@ -56,6 +56,29 @@ class Settings(BaseSettings):
         "How long finished jobs (and their progress meta) stay visible in /metrics. Default 86400."))
     failure_ttl_s: int = Field(7 * 24 * 3600, ge=1, description=(
         "How long failed jobs stay in RQ's failed registry. Default 604800 (a week)."))
+    worker_heartbeat_s: int = Field(10, ge=1, description=(
+        "Seconds between a worker's heartbeats, idle or busy. A job whose worker missed 4 of them (killed, out "
+        "of memory, host lost) is failed and its work enqueued again, and a dead worker's scheduler lock "
+        "passes to a live worker after 4 of them. Default 10."))
+    adapter_keep: int = Field(10, ge=1, description=(
+        "Adapter versions kept per project, on disk and in Redis, besides the drafting and the selection "
+        "adapter; older ones are deleted after each training. Default 10."))
+    adapter_redis_max_mb: int = Field(256, ge=0, description=(
+        "Largest adapter (MB) copied into Redis, from which workers with their own MODEL_DIR fetch it; "
+        "a training whose adapter is bigger fails. 0 = no copies: every worker and the server must "
+        "then share MODEL_DIR. Default 256."))
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description=(
+        "Largest request body accepted, in bytes; a larger one gets 413 before it is read. Default 10485760 "
+        "(10 MB)."))
+    predict_max_tasks: int = Field(16, ge=0, description=(
+        "Most tasks one /predict call scores on the spot; the others get their stored draft or none yet (the "
+        "scoring jobs write theirs). Default 16."))
+    predict_max_prompt_chars: int = Field(16000, ge=1, description=(
+        "Prompts longer than this are cut in the middle before /predict tokenizes them (scoring also cuts "
+        "them to the model's context). Default 16000."))
+    predict_max_waiting: int = Field(4, ge=1, description=(
+        "Most /predict calls that need the model at once (one generates, the others wait); more get 503 "
+        "with Retry-After. Default 4."))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -66,6 +89,21 @@ class Settings(BaseSettings):
     @property
     def queues(self) -> list[str]:
         return [self.score_queue, self.train_queue]
+
+
+READ_BY = {
+    "label_studio_url": "both", "label_studio_api_key": "both", "redis_url": "both", "redis_timeout_s": "both",
+    "model_name_or_path": "both", "model_dir": "both", "device": "both", "basic_auth_user": "both",
+    "basic_auth_pass": "both", "webhook_secret": "both", "public_url": "both", "model_class": "server",
+    "score_queue": "both", "train_queue": "both", "score_chunk_size": "worker", "score_batch_size": "both",
+    "reconcile_interval_s": "worker", "score_job_timeout_s": "both", "train_job_timeout_s": "both",
+    "job_result_ttl_s": "both", "failure_ttl_s": "both", "worker_heartbeat_s": "worker",
+    "adapter_keep": "worker", "adapter_redis_max_mb": "worker",
+    "max_body_bytes": "server", "predict_max_tasks": "server", "predict_max_prompt_chars": "server",
+    "predict_max_waiting": "server",
+}
+"""Which process reads each setting: the server (``serve``: /predict drafts in-process, /setup and /webhook
+enqueue), the worker (``worker``: jobs, the reconcile schedule, heartbeats), or both. Set each where it is read."""
 
 
 @lru_cache

@@ -15,10 +15,18 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:jobs                   hash kind -> id of the latest job of that kind (metrics, chaining)
   wtd:p:{p}:seq:{kind}             counter behind the deterministic job ids wtd-{kind}-{p}-{n}
   wtd:p:{p}:lock:queue             lock held while a queue is written (one writer per project)
-  wtd:p:{p}:changes                annotation changes seen by webhooks since the last training started
+  wtd:p:{p}:changed                set of annotation change signatures seen by webhooks since the last
+                                   training started (copies of one event count once)
   wtd:p:{p}:train:trained_on       set of annotation signatures the last training read
   wtd:p:{p}:train:last             JSON result of the last training
   wtd:reconcile:scheduled          flag: a reconcile pass is scheduled
+  wtd:p:{p}:train:skipped          hash: count, last_reason, last_at of trainings skipped as duplicates
+  wtd:p:{p}:adapters               sorted set of the adapter versions published here (score = number)
+  wtd:p:{p}:adapter_files:{v}      hash: version {v}'s files as a tar in chunks c0, c1, ... + size, sha256
+  wtd:p:{p}:adapter_high           highest version number ever published (pruning never lowers it)
+  wtd:p:{p}:quality                hash adapter version -> JSON held-out quality record (backend.quality)
+  wtd:p:{p}:quality:base           hash held-out example key -> the base model's NLL on it (a cache)
+  wtd:p:{p}:webhook_auth           fingerprint of the credentials last put on Label Studio's webhook
   wtd:p:{p}:tasks                  hash task id -> JSON task data (the index, read once per import)
   wtd:p:{p}:annotations            hash task id -> JSON annotations, of annotated tasks only
   wtd:p:{p}:drafted                hash task id -> score key its draft in Label Studio was written from
@@ -28,18 +36,35 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterable
 
 import redis
 
 PREFIX = "wtd"
+_PUBLISH = ("if redis.call('renamenx', KEYS[1], KEYS[2]) == 0 then return 0 end "
+            "redis.call('persist', KEYS[2]) redis.call('zadd', KEYS[3], ARGV[1], ARGV[2]) "
+            "if tonumber(redis.call('get', KEYS[4]) or '0') < tonumber(ARGV[1]) then "
+            "redis.call('set', KEYS[4], ARGV[1]) end return 1")
+"""Make a fully written temporary copy the version's copy, once (never over an existing one), and
+raise the high-water mark of version numbers."""
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_ADD_CHANGES = ("for _, s in ipairs(ARGV) do if redis.call('sismember', KEYS[2], s) == 0 then "
+                "redis.call('sadd', KEYS[1], s) end end return redis.call('scard', KEYS[1])")
 
 
 def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
     """A lazy client: nothing connects until the first command, so a dead Redis fails per request."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                 health_check_interval=30)
+
+
+MAX_PROJECT_ID = 2**63 - 1
+"""Label Studio's ids are positive 64-bit database keys."""
+
+
+def valid_project_id(project) -> bool:
+    return isinstance(project, int) and not isinstance(project, bool) and 1 <= project <= MAX_PROJECT_ID
 
 
 class Store:
@@ -51,6 +76,8 @@ class Store:
 
     # --- projects and their setup -------------------------------------------------------------
     def add_project(self, project: int) -> None:
+        if not valid_project_id(project):
+            raise ValueError(f"not a Label Studio project id: {project!r}")
         self.conn.sadd(f"{PREFIX}:projects", project)
 
     def projects(self) -> list[int]:
@@ -175,11 +202,8 @@ class Store:
         return {k.decode(): v.decode() for k, v in self.conn.hgetall(self._k(project, "jobs")).items()}
 
     # --- training -----------------------------------------------------------------------------
-    def add_change(self, project: int) -> int:
-        return int(self.conn.incr(self._k(project, "changes")))
-
     def reset_changes(self, project: int) -> None:
-        self.conn.delete(self._k(project, "changes"))
+        self.conn.delete(self._k(project, "changed"), self._k(project, "changes"))  # changes: the old counter
 
     def trained_on(self, project: int) -> set[str]:
         return {s.decode() for s in self.conn.smembers(self._k(project, "train", "trained_on"))}
@@ -202,6 +226,120 @@ class Store:
 
     def clear_reconcile(self) -> None:
         self.conn.delete(f"{PREFIX}:reconcile:scheduled")
+
+    # --- skipped trainings, forgotten projects --------------------------------------------------
+    def record_training_skip(self, project: int, reason: str, at: float) -> None:
+        key = self._k(project, "train", "skipped")
+        pipe = self.conn.pipeline()
+        pipe.hincrby(key, "count", 1)
+        pipe.hset(key, mapping={"last_reason": reason, "last_at": at})
+        pipe.execute()
+
+    def training_skips(self, project: int) -> dict:
+        h = {k.decode(): v.decode() for k, v in self.conn.hgetall(self._k(project, "train", "skipped")).items()}
+        return {"count": int(h.get("count", 0)), "last_reason": h.get("last_reason"),
+                "last_at": float(h["last_at"]) if "last_at" in h else None}
+
+    def forget_project(self, project: int) -> int:
+        """Drop the project and every key under ``wtd:p:{project}:``; the number of keys deleted."""
+        self.conn.srem(f"{PREFIX}:projects", project)
+        keys = list(self.conn.scan_iter(match=self._k(project, "*"), count=500))
+        return int(self.conn.unlink(*keys)) if keys else 0
+
+    # --- adapter copies (hosts without a shared MODEL_DIR fetch them) ---------------------------
+    def publish_adapter_files(self, project: int, version: str, number: int, data: bytes, sha256: str,
+                              chunk_bytes: int, partial_ttl_s: int = 3600) -> bool:
+        """Store ``data`` as ``version``'s copy; False if a copy of it exists already (left as is).
+
+        Written chunk by chunk (each command stays small under the socket timeout) into a temporary
+        key that expires if the writer dies, then renamed into place: a reader sees all or nothing.
+        """
+        final = self._k(project, "adapter_files", version)
+        tmp = f"{final}:partial:{uuid.uuid4().hex}"
+        chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
+        self.conn.hset(tmp, mapping={"size": len(data), "sha256": sha256, "chunks": len(chunks)})
+        self.conn.expire(tmp, partial_ttl_s)
+        for i, chunk in enumerate(chunks):
+            self.conn.hset(tmp, f"c{i}", chunk)
+        if self.conn.eval(_PUBLISH, 4, tmp, final, self._k(project, "adapters"), self._k(project, "adapter_high"),
+                          number, version):
+            return True
+        self.conn.delete(tmp)
+        return False
+
+    def adapter_files_info(self, project: int, version: str) -> dict | None:
+        """{"size", "sha256", "chunks"} of ``version``'s copy, or None if there is none."""
+        size, sha, chunks = self.conn.hmget(self._k(project, "adapter_files", version), "size", "sha256", "chunks")
+        if size is None:
+            return None
+        return {"size": int(size), "sha256": sha.decode(), "chunks": int(chunks)}
+
+    def adapter_files(self, project: int, version: str) -> bytes | None:
+        """``version``'s copy as written, or None if it is missing (or deleted while being read)."""
+        info = self.adapter_files_info(project, version)
+        if info is None:
+            return None
+        key, parts = self._k(project, "adapter_files", version), []
+        for i in range(info["chunks"]):
+            part = self.conn.hget(key, f"c{i}")
+            if part is None:
+                return None
+            parts.append(part)
+        return b"".join(parts)
+
+    def published_adapters(self, project: int) -> list[str]:
+        """Versions with a copy here, oldest first."""
+        return [v.decode() for v in self.conn.zrange(self._k(project, "adapters"), 0, -1)]
+
+    def highest_published(self, project: int) -> int:
+        """The highest version number ever published: new versions on any host are numbered above it."""
+        return int(self._get(self._k(project, "adapter_high")) or 0)
+
+    def delete_adapter_files(self, project: int, versions: Iterable[str]) -> None:
+        versions = list(versions)
+        if versions:
+            pipe = self.conn.pipeline()
+            pipe.zrem(self._k(project, "adapters"), *versions)
+            pipe.delete(*(self._k(project, "adapter_files", v) for v in versions))
+            pipe.execute()
+
+    # --- held-out quality -----------------------------------------------------------------------
+    def save_quality(self, project: int, version: str, record: dict) -> None:
+        self.conn.hset(self._k(project, "quality"), version, json.dumps(record))
+
+    def quality(self, project: int) -> list[dict]:
+        """Every adapter version's quality record, oldest version first."""
+        items = self.conn.hgetall(self._k(project, "quality")).items()
+        return [json.loads(v) for _, v in sorted(items, key=lambda kv: (len(kv[0]), kv[0]))]
+
+    def base_nll(self, project: int, keys: list[str]) -> dict[str, float]:
+        vals = self.conn.hmget(self._k(project, "quality", "base"), keys) if keys else []
+        return {k: float(v) for k, v in zip(keys, vals) if v is not None}
+
+    def set_base_nll(self, project: int, values: dict[str, float]) -> None:
+        """Replace the cache with ``values``: entries of examples no longer held out are dropped."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "quality", "base"))
+        if values:
+            pipe.hset(self._k(project, "quality", "base"), mapping=values)
+        pipe.execute()
+
+    # --- annotation changes and webhook credentials (server side of duplicate events, auth) -----
+    def add_changes(self, project: int, signatures: Iterable[str]) -> int:
+        """Count changed-annotation signatures toward retraining, each once and none the last training
+        read; returns how many distinct ones were seen since the last training started. O(signatures)."""
+        sigs = list(signatures)
+        return int(self.conn.eval(_ADD_CHANGES, 2, self._k(project, "changed"),
+                                  self._k(project, "train", "trained_on"), *sigs))
+
+    def has_project(self, project: int) -> bool:
+        return bool(self.conn.sismember(f"{PREFIX}:projects", project))
+
+    def webhook_auth(self, project: int) -> str | None:
+        return self._get(self._k(project, "webhook_auth"))
+
+    def set_webhook_auth(self, project: int, fingerprint: str) -> None:
+        self.conn.set(self._k(project, "webhook_auth"), fingerprint)
 
     # --- task index (issue #8: jobs read Label Studio by difference, not whole) ----------------
     def put_tasks(self, project: int, data: dict[int, dict]) -> None:

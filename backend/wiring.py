@@ -39,4 +39,5 @@ def make_client():
 
 def adapter_store():
     from model.adapters import AdapterStore
-    return AdapterStore(get_settings().model_dir)
+    # New version numbers continue after every version any host published (backend.adapter_sync).
+    return AdapterStore(get_settings().model_dir, taken=lambda project: store().highest_published(project))

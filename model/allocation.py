@@ -14,7 +14,11 @@ Rules (also in docs/selection.md):
 * When B is smaller than the sum of the bases, B is spread as evenly as possible instead: a common
   level, each task capped by its base, with the units left over going one each to the least
   confident tasks first.
-* Ties (equal remainders) go to the higher weight, then to the earlier task in the given order.
+* Ties (equal remainders) go to the higher weight, then, with ``seed=None``, to the earlier task in
+  the given order, or with a seed, in a seeded random order of the tasks (deterministic per seed).
+  ``select`` passes its seed: with equal weights (``task_diversity``) every remainder ties whenever the
+  budget does not split evenly, and a fixed order would give the extra units to the same
+  (alphabetically first) tasks for every seed.
 """
 from __future__ import annotations
 
@@ -62,19 +66,20 @@ def confidence_weights(confidence) -> np.ndarray:
 
 
 def allocate(sizes: Mapping[Hashable, int], budget: int, min_per_task: int = 5,
-             weights: Mapping[Hashable, float] | None = None) -> dict:
-    """Per-task counts summing to min(budget, total size); ``weights=None`` means equal weights."""
+             weights: Mapping[Hashable, float] | None = None, seed: int | None = None) -> dict:
+    """Per-task counts summing to min(budget, total size); ``weights=None`` means equal weights;
+    ``seed`` breaks the ties left after the weights (None: the given task order)."""
     tasks = list(sizes)
     if weights is not None:
         missing = [t for t in tasks if t not in weights]
         if missing:
             raise ValueError(f"no weight for task(s) {missing[:5]}")
     counts = allocate_array([check_count(f"size of task {t!r}", sizes[t]) for t in tasks], budget,
-                            min_per_task, None if weights is None else [weights[t] for t in tasks])
+                            min_per_task, None if weights is None else [weights[t] for t in tasks], seed)
     return dict(zip(tasks, counts.tolist()))
 
 
-def allocate_array(sizes, budget: int, min_per_task: int = 5, weights=None) -> np.ndarray:
+def allocate_array(sizes, budget: int, min_per_task: int = 5, weights=None, seed: int | None = None) -> np.ndarray:
     """``allocate`` on arrays (task i = position i): the vectorised core that ``select`` uses."""
     budget, min_per_task = check_count("budget", budget), check_count("min_per_task", min_per_task)
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
@@ -85,14 +90,18 @@ def allocate_array(sizes, budget: int, min_per_task: int = 5, weights=None) -> n
         raise ValueError("weights must be finite, positive and one per task")
     total = min(budget, int(sizes.sum()))
     base = np.minimum(sizes, min_per_task)
+    # Last tie-break: the given order, or a seeded random order of the tasks.
+    position = np.arange(len(sizes)) if seed is None else np.random.default_rng(seed).permutation(len(sizes))
     if total < base.sum():
         # Too little for every base: one common level (equal weights), leftovers least confident first.
-        return _largest_remainder(total, base, np.ones(len(sizes)), tiebreak=weights)
-    return base + _largest_remainder(total - int(base.sum()), sizes - base, weights, tiebreak=weights)
+        return _largest_remainder(total, base, np.ones(len(sizes)), (weights, position))
+    return base + _largest_remainder(total - int(base.sum()), sizes - base, weights, (weights, position))
 
 
-def _largest_remainder(amount: int, caps: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
-    """Integers <= caps summing to ``amount``, as close as possible to the water-filling shares."""
+def _largest_remainder(amount: int, caps: np.ndarray, weights: np.ndarray,
+                       tiebreak: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Integers <= caps summing to ``amount``, as close as possible to the water-filling shares;
+    equal remainders go to the higher ``tiebreak[0]`` (weight), then the lower ``tiebreak[1]`` (position)."""
     share = _water_fill(amount, caps, weights)
     # Snap float noise (2.9999999999 for an exact 3) so it cannot leak a unit to the wrong task.
     nearest = np.round(share)
@@ -101,7 +110,8 @@ def _largest_remainder(amount: int, caps: np.ndarray, weights: np.ndarray, tiebr
     left = amount - int(counts.sum())
     if left:
         fraction = np.where(counts < caps, share - counts, -1.0)  # tasks at their cap take no more
-        order = np.lexsort((np.arange(len(caps)), -tiebreak, -fraction))
+        tie_weight, position = tiebreak
+        order = np.lexsort((position, -tie_weight, -fraction))
         counts[order[:left]] += 1
     return counts
 

@@ -10,43 +10,14 @@ import argparse
 import logging
 import sys
 
-from model.config import METRICS, STRATEGIES, WITHIN_ORDERS, ScoringConfig, SelectionConfig
+from model import options
+from model.budget import RULE as BUDGET_RULE
+from model.config import METRICS, WITHIN_ORDERS, ScoringConfig, SelectionConfig
 from model.io import InputError, read_jsonl, write_jsonl
+from model.options import UsageError
 
 EXIT_BAD_INPUT = 2
 log = logging.getLogger("model")
-
-
-class UsageError(ValueError):
-    """A bad option value: reported like bad input (one line, exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + message; we want one line and exit 2
-        raise UsageError(message)
-
-
-def _non_negative_int(name: str, value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise UsageError(f"--{name}: not an integer: {value!r}")
-    if n < 0:
-        raise UsageError(f"--{name}: must be >= 0, got {n}")
-    return n
-
-
-def _positive_int(name: str, value: str) -> int:
-    n = _non_negative_int(name, value)
-    if n == 0:
-        raise UsageError(f"--{name}: must be >= 1, got 0")
-    return n
-
-
-def _one_of(name: str, value: str, allowed) -> str:
-    if value not in allowed:
-        raise UsageError(f"--{name}: unknown value {value!r} (choose from {', '.join(allowed)})")
-    return value
 
 
 def cmd_score(a) -> int:
@@ -58,18 +29,21 @@ def cmd_score(a) -> int:
         if not isinstance(row["prompt"], str):
             raise InputError(a.input, i, "prompt", "not a string")
     cfg = ScoringConfig(model=a.model, adapter=a.adapter, device=a.device,
-                        max_new_tokens=_positive_int("max-new-tokens", a.max_new_tokens),
-                        batch_size=_positive_int("batch-size", a.batch_size))
+                        max_new_tokens=options.integer("max-new-tokens", a.max_new_tokens, 1),
+                        batch_size=options.integer("batch-size", a.batch_size, 1))
     lm = load_model(cfg.model, adapter=cfg.adapter, device=cfg.device)
     write_jsonl(a.output, score_rows(rows, lm, cfg, start=a.start, stop=a.stop))
     return 0
 
 
-def _selection_rows(a) -> list[dict]:
-    needs_prompt = a.strategy == "k_center" or a.within == "diverse" or a.infer_tasks is not None
+def _selection_rows(a, cfg: SelectionConfig) -> list[dict]:
+    """The input rows with the fields ``cfg.strategy`` needs (the registry says which), checked."""
+    from model.strategies import needs
+
+    need = needs(cfg)
+    needs_prompt = need.prompts or a.infer_tasks is not None
     required = ("id",) + (("prompt",) if needs_prompt else ()) + (() if a.infer_tasks is not None else ("task",))
-    uses_metric = a.strategy in ("weighted_task_diversity", "task_diversity") or a.within == "least_confident"
-    rows = read_jsonl(a.input, required=required, numeric=(a.metric,) if uses_metric else ())
+    rows = read_jsonl(a.input, required=required, numeric=(cfg.metric,) if need.metric else ())
     seen = {}
     for i, row in enumerate(rows, 1):
         if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
@@ -84,7 +58,7 @@ def _selection_rows(a) -> list[dict]:
     if a.infer_tasks is not None:
         from model.embeddings import embed
         from model.tasks import infer_tasks
-        k = None if a.infer_tasks == "auto" else _non_negative_int("infer-tasks", a.infer_tasks)
+        k = None if a.infer_tasks == "auto" else options.integer("infer-tasks", a.infer_tasks, 1)
         labels = infer_tasks(embed([r["prompt"] for r in rows]), k=k, seed=a.seed)
         for row, label in zip(rows, labels):
             row["task"] = f"cluster-{int(label)}"
@@ -103,14 +77,17 @@ def _print_summary(sel, strategy: str, metric: str, budget: int) -> None:
 
 
 def cmd_select(a) -> int:
-    from model.strategies import select
+    from dataclasses import replace
 
-    cfg = SelectionConfig(budget=_non_negative_int("budget", a.budget),
-                          strategy=_one_of("strategy", a.strategy, STRATEGIES),
-                          min_per_task=_non_negative_int("min-per-task", a.min_per_task),
-                          metric=_one_of("metric", a.metric, METRICS),
-                          within=_one_of("within", a.within, WITHIN_ORDERS), seed=a.seed)
-    rows = _selection_rows(a)
+    from model.strategies import STRATEGIES, select
+
+    budget = options.budget("budget", a.budget)
+    cfg = SelectionConfig(budget=1, strategy=options.one_of("strategy", a.strategy, STRATEGIES),
+                          min_per_task=options.integer("min-per-task", a.min_per_task, 0),
+                          metric=options.one_of("metric", a.metric, METRICS),
+                          within=options.one_of("within", a.within, WITHIN_ORDERS), seed=a.seed)
+    rows = _selection_rows(a, cfg)
+    cfg = replace(cfg, budget=budget.resolve(len(rows)))
     try:
         sel = select(rows, cfg)
     except ValueError as e:  # the strategies' own input checks (e.g. a field a strategy needs)
@@ -124,7 +101,7 @@ def cmd_select(a) -> int:
 def cmd_report(a) -> int:
     from model.report import plot_allocation
 
-    metric = _one_of("metric", a.metric, METRICS)
+    metric = options.one_of("metric", a.metric, METRICS)
     scores = read_jsonl(a.input, required=("id", "task"), numeric=(metric,))
     queue = read_jsonl(a.queue, required=("id", "task", "rank"))
     plot_allocation(scores, queue, a.output, metric=metric, budget=len(queue), strategy=a.strategy)
@@ -132,10 +109,15 @@ def cmd_report(a) -> int:
     return 0
 
 
+def _strategy_names() -> tuple[str, ...]:
+    from model.strategies import STRATEGIES
+    return STRATEGIES
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m model", description=__doc__.splitlines()[0])
+    p = options.Parser(prog="wtd", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=options.Parser)
 
     s = sub.add_parser("score", help="generate a response for every prompt and its confidence metrics")
     s.add_argument("--input", required=True, help='JSONL rows {"id", "prompt", "task"?}')
@@ -151,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("select", help="allocate the budget and write the annotation queue")
     s.add_argument("--input", required=True, help="scored JSONL (from `score`)")
-    s.add_argument("--budget", required=True, help="number of prompts to annotate")
+    s.add_argument("--budget", required=True,
+                   help=f"prompts to annotate: an int >= 1, or a fraction 0 < f <= 1 of the rows ({BUDGET_RULE})")
     s.add_argument("--output", required=True, help='JSONL {"id", "task", "rank"} in queue order')
-    s.add_argument("--strategy", default="weighted_task_diversity", help=" | ".join(STRATEGIES))
+    s.add_argument("--strategy", default=SelectionConfig.strategy, help=" | ".join(_strategy_names()))
     s.add_argument("--min-per-task", default="5", help="base allocation per task (default 5)")
     s.add_argument("--metric", default="sequence_prob", help=" | ".join(METRICS))
     s.add_argument("--within", default="random", help=" | ".join(WITHIN_ORDERS))

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METRICS = ("sequence_prob", "mean_logprob", "mean_entropy", "min_margin")
-STRATEGIES = ("weighted_task_diversity", "task_diversity", "random", "k_center")
 WITHIN_ORDERS = ("random", "least_confident", "diverse")
 
 
@@ -38,6 +37,7 @@ class SelectionConfig:
     budget: int
     """Number of prompts to annotate (B). Capped at the pool size."""
     strategy: str = "weighted_task_diversity"
+    """A name registered in ``model.strategies`` (``STRATEGIES`` there is the list)."""
     min_per_task: int = 5
     """Base allocation every task gets (capped by its size) before weighting."""
     metric: str = "sequence_prob"

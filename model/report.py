@@ -65,6 +65,14 @@ def allocation_table(score_rows: list[dict], queue_rows: list[dict], metric: str
     return [TaskBar(t, conf[t], counts[t], len(values[t])) for t in tasks]
 
 
+def summary_table(task_confidence: dict, allocation: dict, task_sizes: dict) -> list[TaskBar]:
+    """``allocation_table`` from a selection's per-task summary (``Selection`` or the backend's
+    ``/metrics`` ``selection``) instead of score and queue rows; least confident first."""
+    conf = {t: task_confidence.get(t, math.nan) for t in task_sizes}
+    tasks = sorted(task_sizes, key=lambda t: (math.isnan(conf[t]), conf[t], str(t)))
+    return [TaskBar(t, conf[t], int(allocation.get(t, 0)), int(task_sizes[t])) for t in tasks]
+
+
 def _label(task) -> str:
     s = str(task)
     if len(s) <= _MAX_LABEL:
@@ -80,10 +88,17 @@ def plot_allocation(score_rows: list[dict], queue_rows: list[dict], out_png, met
     Bars follow ``allocation_table``: least confident first, so the tasks that should get the most
     budget are on the left.
     """
+    table = allocation_table(score_rows, queue_rows, metric)
+    return plot_table(table, out_png, metric, budget if budget is not None else len(queue_rows), strategy,
+                      budget_label="budget" if budget is not None else "selected")
+
+
+def plot_table(table: list[TaskBar], out_png, metric: str = "sequence_prob", budget: int | None = None,
+               strategy: str | None = None, budget_label: str = "budget") -> Path:
+    """The two-panel PNG of ``plot_allocation`` from ready bars (``allocation_table``, ``summary_table``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # not pyplot: no global state, safe in a worker thread
 
-    table = allocation_table(score_rows, queue_rows, metric)
     labels = [_label(bar.task) for bar in table]
     x = range(len(table))
 
@@ -100,7 +115,8 @@ def plot_allocation(score_rows: list[dict], queue_rows: list[dict], out_png, met
     bottom.set_xticks(list(x), labels, rotation=45 if long_names else 0, ha="right" if long_names else "center")
     bottom.set_xlabel("task (least confident first)")
     details = [f"strategy={strategy}"] if strategy else []
-    details.append(f"budget={budget}" if budget is not None else f"selected={len(queue_rows)}")
+    if budget is not None:
+        details.append(f"{budget_label}={budget}")
     fig.suptitle("Per-task confidence and allocation\n" + ", ".join(details))
 
     out = Path(out_png)

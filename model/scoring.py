@@ -47,15 +47,35 @@ class ScoredExample:
 
 # ---------------------------------------------------------------------------------------------- input
 
-def _encode(tok, prompts: list[str], chat_template: bool) -> list[list[int]]:
-    """Token ids of each formatted prompt. A chat template already writes its special tokens."""
+def _encode(tok, prompts: list[str], chat_template: bool, max_tokens: int | None = None) -> list[list[int]]:
+    """Token ids of each formatted prompt. A chat template already writes its special tokens.
+
+    A prompt over ``max_tokens`` keeps its first and last tokens (its middle is cut): the template's
+    opening and the assistant header that the response follows both survive.
+    """
     templated = chat_template and has_chat_template(tok)
     texts = [prompt_text(tok, p, chat_template) for p in prompts]
     ids = tok(texts, add_special_tokens=not templated)["input_ids"]
     for i, row in enumerate(ids):
         if not row:
             raise ValueError(f"prompt {i} is empty after tokenization; the model needs at least one token")
+    if max_tokens is not None:
+        long = sum(len(row) > max_tokens for row in ids)
+        if long:
+            log.warning("%d prompt(s) over %d tokens cut in the middle to fit the model's context", long, max_tokens)
+            head = (max_tokens + 1) // 2
+            ids = [row if len(row) <= max_tokens else row[:head] + row[len(row) - (max_tokens - head):]
+                   for row in ids]
     return ids
+
+
+def prompt_budget(lm, max_new_tokens: int) -> int | None:
+    """Most prompt tokens the model takes with room for ``max_new_tokens`` (at least half its context);
+    None when neither the model config nor the tokenizer states a context length."""
+    stated = [getattr(lm.model.config, "max_position_embeddings", None),
+              getattr(lm.tokenizer, "model_max_length", None)]
+    context = min((n for n in stated if isinstance(n, int) and 0 < n < 10 ** 8), default=None)  # 1e30 = unset
+    return None if context is None else max(context - max_new_tokens, context // 2)
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +287,7 @@ def score_prompts(lm, prompts: list[str], cfg: ScoringConfig, *, fast: bool | No
     if not prompts:
         return []
     tok = lm.tokenizer
-    encoded = _encode(tok, list(prompts), cfg.chat_template)
+    encoded = _encode(tok, list(prompts), cfg.chat_template, prompt_budget(lm, cfg.max_new_tokens))
     eos = torch.tensor(_eos_ids(lm), device=lm.device)
     batches = _batches([len(r) for r in encoded], cfg.batch_size)
     decoder = None

@@ -7,6 +7,10 @@
 * ``random``: a seeded permutation; ``k_center``: greedy furthest-first over prompt embeddings. For
   these two the queue order is the pick order and the allocation is just the picks' task counts.
 
+The registry is the one source of the strategy names (``STRATEGIES``) and of what each strategy
+reads under a config (``needs``: the metric column, prompts, embeddings; ``uses_min_per_task``): the
+CLI, the evaluation harness and the backend ask it instead of keeping lists of their own.
+
 Everything runs on a columnar ``Pool`` (numpy arrays, grouped by task once with ``np.unique``), so
 a million rows take a couple of seconds; ``select`` also accepts the JSONL rows themselves.
 ``select`` never infers missing task labels: that is ``model.tasks.infer_tasks``, called by the
@@ -131,14 +135,31 @@ class Selection:
     task_sizes: dict
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a strategy reads from each row under a given config (besides ``id`` and ``task``)."""
+    metric: bool = False
+    """The ``cfg.metric`` score column (so the rows must have been scored)."""
+    embeddings: bool = False
+    """Prompt embeddings; ``select`` computes them from the prompts when the pool has none."""
+
+    @property
+    def prompts(self) -> bool:
+        """The prompt text: only to embed it."""
+        return self.embeddings
+
+    def fields(self, cfg: SelectionConfig) -> tuple[str, ...]:
+        """The row fields these needs translate to."""
+        return (cfg.metric,) * self.metric + ("prompt",) * self.prompts
+
+
 class QueryStrategy(ABC):
     name: str
+    uses_min_per_task: bool = False
+    """Whether ``cfg.min_per_task`` changes the selection."""
 
-    def needs_metric(self, cfg: SelectionConfig) -> bool:
-        return False
-
-    def needs_embeddings(self, cfg: SelectionConfig) -> bool:
-        return False
+    def needs(self, cfg: SelectionConfig) -> Needs:
+        return Needs()
 
     @abstractmethod
     def query(self, pool: Pool, budget: int, cfg: SelectionConfig) -> Selection:
@@ -159,6 +180,11 @@ def get_strategy(name: str) -> QueryStrategy:
     return _REGISTRY[name]()
 
 
+def needs(cfg: SelectionConfig) -> Needs:
+    """What ``cfg.strategy`` reads under ``cfg`` (ValueError for an unknown strategy)."""
+    return get_strategy(cfg.strategy).needs(cfg)
+
+
 def select(rows: Sequence[dict] | Pool, cfg: SelectionConfig,
            embed_fn: Callable[[Sequence[str]], np.ndarray] = embed) -> Selection:
     """Run ``cfg.strategy`` over rows (dicts with id, task, the metric, prompt) or a ``Pool``.
@@ -167,10 +193,10 @@ def select(rows: Sequence[dict] | Pool, cfg: SelectionConfig,
     """
     strategy = get_strategy(cfg.strategy)
     _check_config(cfg)
+    need = strategy.needs(cfg)
     pool = rows if isinstance(rows, Pool) else Pool.from_rows(
-        rows, metrics=(cfg.metric,) if strategy.needs_metric(cfg) else (),
-        prompts=strategy.needs_embeddings(cfg), optional_metrics=(cfg.metric,))
-    if strategy.needs_embeddings(cfg) and pool.embeddings is None:
+        rows, metrics=(cfg.metric,) if need.metric else (), prompts=need.prompts, optional_metrics=(cfg.metric,))
+    if need.embeddings and pool.embeddings is None:
         if pool.prompts is None:
             raise ValueError(f"field 'prompt' missing: {_needs(cfg)} needs prompt embeddings")
         pool = replace(pool, embeddings=embed_fn(pool.prompts))
@@ -181,19 +207,17 @@ def select(rows: Sequence[dict] | Pool, cfg: SelectionConfig,
 class TaskDiversity(QueryStrategy):
     name = "task_diversity"
     weighted = False
+    uses_min_per_task = True
 
-    def needs_metric(self, cfg):
-        return self.weighted or cfg.within == "least_confident"
-
-    def needs_embeddings(self, cfg):
-        return cfg.within == "diverse"
+    def needs(self, cfg):
+        return Needs(metric=self.weighted or cfg.within == "least_confident", embeddings=cfg.within == "diverse")
 
     def query(self, pool, budget, cfg):
         _check_pool(pool, self, cfg)
         groups = pool.groups
         confidence = _task_confidence(pool, cfg.metric)
         weights = confidence_weights(confidence) if self.weighted else None
-        counts = allocate_array(groups.sizes, budget, cfg.min_per_task, weights)
+        counts = allocate_array(groups.sizes, budget, cfg.min_per_task, weights, seed=cfg.seed)
         chosen = _chosen_by_task(pool, counts, cfg)
         slots = interleave_indices(counts)  # task of each queue slot
         order = np.empty(len(slots), dtype=np.int64)
@@ -221,13 +245,17 @@ class RandomStrategy(QueryStrategy):
 class KCenterStrategy(QueryStrategy):
     name = "k_center"
 
-    def needs_embeddings(self, cfg):
-        return True
+    def needs(self, cfg):
+        return Needs(embeddings=True)
 
     def query(self, pool, budget, cfg):
         _check_pool(pool, self, cfg)
         order = np.asarray(k_center(pool.embeddings, check_count("budget", budget), seed=cfg.seed), dtype=np.int64)
         return _picks_selection(pool, order, cfg)
+
+
+STRATEGIES: tuple[str, ...] = (SelectionConfig.strategy,) + tuple(n for n in _REGISTRY if n != SelectionConfig.strategy)
+"""Every registered strategy's name, the default (``SelectionConfig.strategy``) first."""
 
 
 def _chosen_by_task(pool: Pool, counts: np.ndarray, cfg: SelectionConfig) -> np.ndarray:
@@ -278,9 +306,10 @@ def _check_config(cfg: SelectionConfig) -> None:
 
 def _check_pool(pool: Pool, strategy: QueryStrategy, cfg: SelectionConfig) -> None:
     """A Pool built by hand must carry what the strategy reads (from_rows already checked rows)."""
-    if strategy.needs_metric(cfg) and cfg.metric not in pool.scores:
+    need = strategy.needs(cfg)
+    if need.metric and cfg.metric not in pool.scores:
         raise ValueError(f"field '{cfg.metric}' missing: {_needs(cfg)} needs it")
-    if strategy.needs_embeddings(cfg) and pool.embeddings is None:
+    if need.embeddings and pool.embeddings is None:
         raise ValueError(f"field 'prompt' missing: {_needs(cfg)} needs prompt embeddings")
 
 

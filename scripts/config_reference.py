@@ -22,21 +22,23 @@ def _default(field) -> str:
     return f"`{d}`"
 
 
-def _rows(fields, name) -> list[str]:
+def _rows(fields, name, read_by=None) -> list[str]:
     out = []
     for key, f in fields.items():
         desc = " ".join((f.description or "").split())
-        out.append(f"| `{name(key)}` | {_default(f)} | {desc.replace('|', '/')} |")
+        who = f" {read_by.get(key, '?')} |" if read_by is not None else ""
+        out.append(f"| `{name(key)}` |{who} {_default(f)} | {desc.replace('|', '/')} |")
     return out
 
 
 def render() -> str:
     from backend.project_config import ProjectConfig
-    from backend.settings import Settings
-    lines = ["Environment variables (`backend/settings.py`):", "",
-             "| variable | default | meaning |", "|---|---|---|"]
-    lines += _rows(Settings.model_fields, str.upper)
-    lines.append("| `MODEL_CACHE_DIR` | `~/.cache/wtd-backend` | Where the default model is converted to (once) "
+    from backend.settings import READ_BY, Settings
+    lines = ["Environment variables (`backend/settings.py`); *read by* names the process that reads each one "
+             "(`python -m backend serve` = server, `python -m backend worker` = worker): set it there.", "",
+             "| variable | read by | default | meaning |", "|---|---|---|---|"]
+    lines += _rows(Settings.model_fields, str.upper, READ_BY)
+    lines.append("| `MODEL_CACHE_DIR` | both | `~/.cache/wtd-backend` | Where the default model is converted to (once) "
                  "and evaluation data is cached (`model/config.py`). |")
     lines += ["", "Per-project `extra_params` keys, set by admins on the ML backend connection "
               "(`backend/project_config.py`):", "", "| key | default | meaning |", "|---|---|---|"]

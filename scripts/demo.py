@@ -11,13 +11,9 @@ started, and only that. Pid files in ./var/run let the next run stop leftovers o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.labelstudio import LabelStudioClient  # noqa: E402
-from scripts.local_labelstudio import (label_studio_argv, label_studio_bin, label_studio_env,  # noqa: E402
-                                      stop_process_group, wait_until_ready)
+from model.budget import Budget  # noqa: E402
+from scripts.local_labelstudio import (Supervisor, label_studio_argv, label_studio_bin,  # noqa: E402
+                                      label_studio_env, port_open, supervised, wait_for_http, wait_until_ready)
 
 VAR = ROOT / "var"
 RUN = VAR / "run"
@@ -54,82 +51,17 @@ SUBTASKS = [
 ]
 
 
-# ---------------------------------------------------------------------------------- processes
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    """A live process's argv (None if it is gone): guards against killing a recycled pid."""
-    proc = Path(f"/proc/{pid}/cmdline")
-    if proc.exists():
-        return [a for a in proc.read_bytes().decode(errors="replace").split("\0") if a]
-    r = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return r.stdout.split() if r.returncode == 0 and r.stdout.strip() else None
-
-
-class Services:
-    """The processes this run started; each also has a pid file so a later run can clean up."""
-
-    def __init__(self):
-        RUN.mkdir(parents=True, exist_ok=True)
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, argv: list[str], env: dict, cwd: Path = ROOT) -> subprocess.Popen:
-        log = open(RUN / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        (RUN / f"{name}.pid").write_text(json.dumps({"pid": proc.pid, "argv": argv}))
-        self.procs.append((name, proc))
-        print(f"  started {name} (pid {proc.pid}, log {(RUN / f'{name}.log').relative_to(ROOT)})")
-        return proc
-
-    def stop_all(self) -> None:
-        for name, proc in reversed(self.procs):
-            stop_process_group(proc)
-            (RUN / f"{name}.pid").unlink(missing_ok=True)
-            print(f"  stopped {name}")
-        self.procs.clear()
-
-    def dead(self) -> list[str]:
-        return [name for name, proc in self.procs if proc.poll() is not None]
-
-
-def stop_leftovers() -> None:
-    """Stop what a previous run of this script left behind (crash, kill -9), found by pid file."""
-    for pid_file in sorted(RUN.glob("*.pid")):
-        info = json.loads(pid_file.read_text())
-        argv = _cmdline(info["pid"])
-        # A script runs as "python <script> args": what we started is the tail of the argv.
-        if argv and argv[-len(info["argv"]):] == info["argv"]:
-            print(f"  stopping leftover {pid_file.stem} (pid {info['pid']})")
-            try:
-                os.killpg(info["pid"], signal.SIGTERM)
-                for _ in range(30):
-                    if _cmdline(info["pid"]) is None:
-                        break
-                    time.sleep(0.5)
-                else:
-                    os.killpg(info["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        pid_file.unlink()
-
-
+# ---------------------------------------------------------------------------------- services
 def need_free(port: int, what: str, flag: str) -> None:
     if port_open(port):
         sys.exit(f"error: 127.0.0.1:{port} is taken by another program; stop it or pass {flag} for {what}")
 
 
-# ---------------------------------------------------------------------------------- services
-def ensure_redis(services: Services, port: int) -> None:
+def ensure_redis(services: Supervisor, port: int) -> None:
     import redis
     try:
         redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
-        print(f"  Redis already answers on 127.0.0.1:{port}: using it")
+        services.say(f"  Redis already answers on 127.0.0.1:{port}: using it")
         return
     except redis.ConnectionError:
         pass
@@ -149,7 +81,7 @@ def ensure_redis(services: Services, port: int) -> None:
     sys.exit(f"error: redis-server did not start; see {RUN / 'redis.log'}")
 
 
-def start_label_studio(services: Services, port: int) -> str:
+def start_label_studio(services: Supervisor, port: int) -> str:
     binary = label_studio_bin()
     if not binary.exists():
         sys.exit(f"error: Label Studio is not installed at {binary}: run `make venv-ls`")
@@ -158,8 +90,11 @@ def start_label_studio(services: Services, port: int) -> str:
     url = f"http://127.0.0.1:{port}"
     proc = services.start("label-studio", label_studio_argv(binary, data, port),
                           label_studio_env(data, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN), cwd=data)
-    print("  waiting for Label Studio (the first start runs its migrations: about a minute)")
-    wait_until_ready(url, ADMIN_TOKEN, proc, RUN / "label-studio.log", timeout_s=600)
+    services.say("  waiting for Label Studio (the first start runs its migrations: about a minute)")
+    try:
+        wait_until_ready(url, ADMIN_TOKEN, proc, RUN / "label-studio.log", timeout_s=600)
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
     return url
 
 
@@ -175,38 +110,31 @@ def backend_env(ls_url: str, redis_url: str, model_path: Path | None, backend_ur
     return env
 
 
-def wait_for_backend(url: str, proc: subprocess.Popen) -> None:
-    import httpx
-    for _ in range(240):
-        if proc.poll() is not None:
-            sys.exit(f"error: the backend exited; see {RUN / 'backend.log'}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"error: the backend did not answer on {url}; see {RUN / 'backend.log'}")
+def wait_for_backend(url: str, proc) -> None:
+    try:
+        wait_for_http(f"{url}/health", proc, RUN / "backend.log", timeout_s=120, what="the backend")
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
 
 
 # ---------------------------------------------------------------------------------- project
-def demo_rows(tiny: bool, per_task: int) -> list[dict]:
+def demo_rows(say, tiny: bool, per_task: int) -> list[dict]:
     from model.evaluation.data import natural_instructions_rows, synthetic_rows
     if tiny:
         return synthetic_rows(pool_per_task=per_task, test_per_task=0)
-    print("  reading Natural Instructions from the BIG-bench archive (downloaded once, 358 MB)")
+    say("  reading Natural Instructions from the BIG-bench archive (downloaded once, 358 MB)")
     return natural_instructions_rows(SUBTASKS, pool_per_task=per_task, test_per_task=0,
                                      max_prompt_chars=1000, max_reference_words=30)
 
 
-def ensure_project(client: LabelStudioClient, title: str, rows: list[dict]) -> int:
+def ensure_project(say, client: LabelStudioClient, title: str, rows: list[dict]) -> int:
     found = client.find_project(title)
     if found:
-        print(f"  reusing project {found['id']} {title!r} ({found.get('task_number', '?')} tasks)")
+        say(f"  reusing project {found['id']} {title!r} ({found.get('task_number', '?')} tasks)")
         return found["id"]
     project = client.create_project(title, LABEL_CONFIG, description="Weighted Task Diversity demo")["id"]
     n = client.import_tasks(project, [{"data": {"prompt": r["prompt"], "task": r["task"]}} for r in rows])
-    print(f"  created project {project} {title!r} with {n} tasks")
+    say(f"  created project {project} {title!r} with {n} tasks")
     return project
 
 
@@ -222,8 +150,9 @@ def connect_backend(client: LabelStudioClient, project: int, backend_url: str, p
 BUSY = {"queued", "started", "deferred", "scheduled"}
 
 
-def wait_for_queue(client: LabelStudioClient, backend_url: str, project: int, services: Services) -> dict:
-    """Until no job of the project is pending and Label Studio serves the backend's latest queue.
+def wait_for_queue(client: LabelStudioClient, backend_url: str, project: int, services: Supervisor) -> dict:
+    """Until no job of the project is pending and Label Studio serves the backend's latest queue;
+    returns the project's ``/metrics`` entry then.
 
     A rerun with unchanged settings starts no job: the queue already written is the answer then.
     Shows scoring progress; stops on a failed job.
@@ -242,52 +171,40 @@ def wait_for_queue(client: LabelStudioClient, backend_url: str, project: int, se
         busy = any(j.get("status") in BUSY for j in jobs) or any(s in BUSY for s in scoring.get("by_status", {}))
         queue = m.get("queue")
         if not busy and queue and queue["model_version"] == client.project(project)["model_version"]:
-            return queue
+            return m
         finished = scoring.get("by_status", {}).get("finished", 0)
         line = (f"  scoring: {finished}/{scoring.get('chunks', 0)} chunks done, "
                 f"{scoring.get('done', 0)} prompts so far")
         if scoring.get("chunks") and line != last:
-            print(line, flush=True)
+            services.say(line)
             last = line
         time.sleep(2)
 
 
-def allocation_rows(st, client: LabelStudioClient, project: int
-                    ) -> tuple[list[dict], dict, list[dict], list[dict]]:
-    """Per task: prompts, confidence, allocation and first queue positions; plus score and queue rows."""
-    selection = st.selection(project)
-    task_of = {t["id"]: t["data"].get("task") for t in client.tasks(project)}
-    positions = st.positions(project, list(task_of))
-    first = {}
-    for task_id, pos in sorted(positions.items(), key=lambda kv: kv[1]):
-        first.setdefault(task_of[task_id], []).append(pos + 1)
-    table = [{"task": task, "prompts": selection["task_sizes"].get(task, 0),
-              "confidence": selection["task_confidence"].get(task),
-              "allocated": selection["allocation"].get(task, 0), "first": first.get(task, [])[:5]}
-             for task in selection["task_sizes"]]
-    table.sort(key=lambda r: (r["confidence"] is None, r["confidence"] or 0.0))
-    scores = st.scores(project, selection["score_key"])
-    score_rows = [{"task": task_of[i], **row} for i, row in scores.items() if i in task_of]
-    queue_rows = [{"id": i, "task": task_of[i]} for i in selection["order"]]
-    return table, selection, score_rows, queue_rows
+def print_report(say, metrics: dict, task_of: dict) -> None:
+    """The allocation table from the backend's ``/metrics`` (its public surface, not its Redis keys)."""
+    from model.report import summary_table
+
+    selection, queue = metrics["selection"], metrics["queue"]
+    table = summary_table(selection["task_confidence"], selection["allocation"], selection["task_sizes"])
+    width = max([len("task")] + [len(str(bar.task)) for bar in table])
+    say(f"\n  {'task':<{width}}  prompts  mean conf.  allocated")
+    for bar in table:
+        conf = "-" if bar.confidence != bar.confidence else f"{bar.confidence:.3g}"  # NaN: no scores
+        say(f"  {str(bar.task):<{width}}  {bar.size:>7}  {conf:>10}  {bar.allocated:>9}")
+    head = [str(task_of.get(t, "?")) for t in queue.get("head", [])]
+    say(f"  budget: {selection['budget']} prompts; least confident tasks first")
+    say(f"  queue head (tasks of the first {len(head)} prompts): {', '.join(head)}\n")
 
 
-def print_allocation(table: list[dict], budget: int) -> None:
-    width = max(len("task"), *(len(str(r["task"])) for r in table))
-    print(f"\n  {'task':<{width}}  prompts  mean conf.  allocated  first queue positions")
-    for r in table:
-        conf = f"{r['confidence']:.3g}" if r["confidence"] is not None else "-"
-        print(f"  {str(r['task']):<{width}}  {r['prompts']:>7}  {conf:>10}  {r['allocated']:>9}  "
-              f"{', '.join(map(str, r['first']))}")
-    print(f"  budget: {budget} prompts; least confident tasks first\n")
-
-
-def write_png(score_rows: list[dict], queue_rows: list[dict], budget: int, out: Path) -> Path | None:
+def write_png(metrics: dict, out: Path) -> Path | None:
     try:
-        from model.report import plot_allocation
+        from model.report import plot_table, summary_table
     except ImportError:
         return None
-    return plot_allocation(score_rows, queue_rows, out, budget=budget, strategy="weighted_task_diversity")
+    s = metrics["selection"]
+    table = summary_table(s["task_confidence"], s["allocation"], s["task_sizes"])
+    return plot_table(table, out, budget=s["budget"], strategy="weighted_task_diversity")
 
 
 # ---------------------------------------------------------------------------------- main
@@ -295,7 +212,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="offline: synthetic prompts and the tiny test model")
     p.add_argument("--per-task", type=int, default=25, help="prompts per task (default 25)")
-    p.add_argument("--budget", type=int, default=None, help="prompts to annotate (default: 30%% of the tasks)")
+    p.add_argument("--budget", type=_budget, default=Budget(0.3),
+                   help="prompts to annotate: a count, or a fraction of the tasks (default 0.3, rounded up)")
     p.add_argument("--train-every", type=int, default=10, help="retrain after this many annotations")
     p.add_argument("--ls-port", type=int, default=8080)
     p.add_argument("--backend-port", type=int, default=9090)
@@ -305,32 +223,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _budget(text: str) -> Budget:
+    try:
+        return Budget.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    services = Services()
-    # Explicit handlers: a shell that starts us in the background sets SIGINT to "ignore".
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    try:
+    services = Supervisor(RUN)
+    # Stale processes of a crashed run first: they would hold the ports.
+    services.stop_leftovers()
+    with supervised(services):
         return run(a, services)
-    except KeyboardInterrupt:
-        print("\nstopping")
-        return 0
-    finally:
-        services.stop_all()
+    return 0  # stopped by Ctrl-C, SIGTERM or SIGHUP, after the clean-up
 
 
-def run(a, services: Services) -> int:
-    from backend.store import Store, connect
-
-    print("data")
-    rows = demo_rows(a.tiny, a.per_task)  # first: a data problem should not cost a Label Studio start
-    print("services")
-    stop_leftovers()
+def run(a, services: Supervisor) -> int:
+    say = services.say
+    say("data")
+    rows = demo_rows(say, a.tiny, a.per_task)  # first: a data problem should not cost a Label Studio start
+    say("services")
     need_free(a.ls_port, "Label Studio", "--ls-port")
     need_free(a.backend_port, "the backend", "--backend-port")
     ensure_redis(services, a.redis_port)
@@ -349,29 +263,28 @@ def run(a, services: Services) -> int:
     services.start("worker", [sys.executable, "-m", "backend", "worker"], env)
     wait_for_backend(backend_url, backend)
 
-    print("project")
+    say("project")
     client = LabelStudioClient(ls_url, ADMIN_TOKEN)
     title = "WTD demo (tiny, synthetic)" if a.tiny else "WTD demo: Natural Instructions"
-    project = ensure_project(client, title, rows)
-    n_tasks = len(client.tasks(project))
-    budget = a.budget or max(1, round(0.3 * n_tasks))
-    params = {"budget": budget, "task_field": "task", "min_per_task": 3, "train_every": a.train_every,
+    project = ensure_project(say, client, title, rows)
+    # The backend resolves the budget (a fraction rounds up); the report shows what it made of it.
+    params = {"budget": a.budget.value, "task_field": "task", "min_per_task": 3, "train_every": a.train_every,
               "max_new_tokens": 16 if a.tiny else 32}
     connect_backend(client, project, backend_url, params)
 
-    queue = wait_for_queue(client, backend_url, project, services)
-    st = Store(connect(redis_url))
-    table, selection, score_rows, queue_rows = allocation_rows(st, client, project)
-    print_allocation(table, selection["budget"])
-    png = write_png(score_rows, queue_rows, selection["budget"], VAR / "demo" / "allocation.png")
+    metrics = wait_for_queue(client, backend_url, project, services)
+    task_of = {t["id"]: t["data"].get("task") for t in client.tasks(project)}
+    print_report(say, metrics, task_of)
+    png = write_png(metrics, VAR / "demo" / "allocation.png")
+    queue = metrics["queue"]
 
-    print(f"Label Studio   {ls_url}/projects/{project}/data   (Label All Tasks follows the queue)")
-    print(f"login          {ADMIN_EMAIL} / {ADMIN_PASSWORD}   (API token {ADMIN_TOKEN})")
-    print(f"queue          {queue['model_version']}: {queue['selected']} selected of {queue['tasks']} tasks")
-    print(f"backend        {backend_url}/metrics")
+    say(f"Label Studio   {ls_url}/projects/{project}/data   (Label All Tasks follows the queue)")
+    say(f"login          {ADMIN_EMAIL} / {ADMIN_PASSWORD}   (API token {ADMIN_TOKEN})")
+    say(f"queue          {queue['model_version']}: {queue['selected']} selected of {queue['tasks']} tasks")
+    say(f"backend        {backend_url}/metrics")
     if png:
-        print(f"allocation     {png.relative_to(ROOT)}")
-    print("Ctrl-C stops everything this script started.")
+        say(f"allocation     {png.relative_to(ROOT)}")
+    say("Ctrl-C stops everything this script started.")
     while not services.dead():
         time.sleep(2)
     sys.exit(f"error: {', '.join(services.dead())} stopped; see the logs in {RUN}")

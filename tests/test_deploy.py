@@ -16,7 +16,7 @@ def test_stack_has_every_service():
     assert {"redis", "backend", "worker-gpu", "worker-cpu"} <= set(SERVICES)
     assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
     for worker in ("worker-gpu", "worker-cpu"):
-        assert SERVICES[worker]["command"] == ["python", "-m", "backend", "worker"]
+        assert SERVICES[worker]["command"] == ["wtd-backend", "worker"]  # the console script pyproject.toml declares
 
 
 def test_gpu_worker_reserves_a_gpu():

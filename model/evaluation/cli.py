@@ -10,9 +10,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.cli import UsageError
-from model.config import METRICS, STRATEGIES
+from model import options
+from model.config import METRICS
 from model.evaluation.configs import CONFIGS, EvalConfig, get_config
+from model.options import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def add_arguments(p) -> None:
                         "config's data")
     p.add_argument("--model", default=None, help="local HF model folder replacing the config's base model")
     p.add_argument("--budgets", nargs="+", help="fractions of the pool (0.05) and/or example counts (16)")
-    p.add_argument("--strategies", nargs="+", help=" ".join(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", help=" ".join(_strategy_names()))
     p.add_argument("--seeds", nargs="+", help="integers")
     p.add_argument("--min-per-task", nargs="+", help="ablation: base allocation per task, e.g. 0 5 10")
     p.add_argument("--metric", nargs="+", help=f"ablation: confidence metric(s): {' '.join(METRICS)}")
@@ -35,41 +36,9 @@ def add_arguments(p) -> None:
                    help="torch CPU threads; 1 is several times faster than 2 on a CPU other jobs share")
 
 
-def _ints(option: str, values: list[str], minimum: int) -> list[int]:
-    out = []
-    for v in values:
-        try:
-            n = int(v)
-        except ValueError:
-            raise UsageError(f"--{option}: not an integer: {v!r}")
-        if n < minimum:
-            raise UsageError(f"--{option}: must be >= {minimum}, got {n}")
-        out.append(n)
-    return out
-
-
-def _choices(option: str, values: list[str], allowed) -> list[str]:
-    for v in values:
-        if v not in allowed:
-            raise UsageError(f"--{option}: unknown value {v!r} (choose from {', '.join(allowed)})")
-    return list(values)
-
-
-def parse_budget(text: str) -> float | int:
-    """'0.05' -> a fraction of the pool; '16' -> 16 examples."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"--budgets: not a number: {text!r}")
-        if not 0 < value <= 1:
-            raise UsageError(f"--budgets: a fraction must be in (0, 1], got {text}")
-        return value
-    if value < 1:
-        raise UsageError(f"--budgets: a count must be >= 1, got {value}")
-    return value
+def _strategy_names() -> tuple[str, ...]:
+    from model.strategies import STRATEGIES
+    return STRATEGIES
 
 
 def build_config(a) -> EvalConfig:
@@ -78,12 +47,13 @@ def build_config(a) -> EvalConfig:
     except ValueError as e:
         raise UsageError(f"--config: {e}")
     overrides = {
-        "budgets": a.budgets and [parse_budget(b) for b in a.budgets],
-        "strategies": a.strategies and _choices("strategies", a.strategies, STRATEGIES),
-        "seeds": a.seeds and _ints("seeds", a.seeds, 0),
-        "min_per_task": a.min_per_task and _ints("min-per-task", a.min_per_task, 0),
-        "metric": a.metric and _choices("metric", a.metric, METRICS),
-        "rounds": a.rounds and _ints("rounds", a.rounds, 1),
+        # The config keeps the numbers as given (it is written to results.json); the harness resolves them.
+        "budgets": a.budgets and [options.budget("budgets", b).value for b in a.budgets],
+        "strategies": a.strategies and options.choices("strategies", a.strategies, _strategy_names()),
+        "seeds": a.seeds and options.integers("seeds", a.seeds, 0),
+        "min_per_task": a.min_per_task and options.integers("min-per-task", a.min_per_task, 0),
+        "metric": a.metric and options.choices("metric", a.metric, METRICS),
+        "rounds": a.rounds and options.integers("rounds", a.rounds, 1),
         "model": a.model,
     }
     if a.model and not (Path(a.model).expanduser() / "config.json").exists():
@@ -125,7 +95,7 @@ def main(a) -> int:
 
     cfg = build_config(a)
     if a.threads is not None:
-        torch.set_num_threads(_ints("threads", [a.threads], 1)[0])
+        torch.set_num_threads(options.integer("threads", a.threads, 1))
     rows = load_rows(cfg, a.data)
     try:
         device = device_description(a.device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from model.config import STRATEGIES, TrainConfig
+from model.config import TrainConfig
 
 # Natural Instructions v1 subtasks with short targets (exact match is meaningful) and the shortest
 # definitions among those, so prompts stay around 150-250 tokens. They mix yes/no classification,
@@ -48,6 +48,11 @@ class DataConfig:
     """Which examples are sampled (fixed across runs: the runs' seeds vary selection and training)."""
 
 
+def _all_strategies() -> list[str]:
+    from model.strategies import STRATEGIES
+    return list(STRATEGIES)
+
+
 @dataclass
 class EvalConfig:
     name: str
@@ -56,7 +61,7 @@ class EvalConfig:
     """Base model path; None = SmolLM2-135M-Instruct; ``tiny`` = ``model.tiny.make_tiny_model``."""
     budgets: list[float | int] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
     """Fractions of the pool (floats) or numbers of examples (ints); 1.0 is the full pool."""
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=_all_strategies)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     min_per_task: list[int] = field(default_factory=lambda: [1])
     metric: list[str] = field(default_factory=lambda: ["sequence_prob"])

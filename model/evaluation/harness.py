@@ -5,9 +5,9 @@ Runs are planned seed-major (every strategy and budget of seed 0, then seed 1, .
 short still compares all strategies. After every run, results.json, table.md and curves.png are
 rewritten atomically; a restart reads results.json back and skips the runs it holds.
 
-Ablation values only enter the key of the strategies they can change: ``metric`` and ``rounds``
-only matter to weighted_task_diversity (the one strategy reading model scores), ``min_per_task``
-to both task-diversity strategies. The full pool is strategy-independent (one run per seed), and the
+Ablation values only enter the key of the strategies they can change, as the strategy registry
+says: ``metric`` and ``rounds`` only matter to a strategy that reads model scores (weighted_task_diversity),
+``min_per_task`` to those that use it (both task-diversity strategies). The full pool is strategy-independent (one run per seed), and the
 base model (budget 0) is evaluated once.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.budget import Budget
 from model.config import ScoringConfig, SelectionConfig
 from model.evaluation import outputs
 from model.evaluation.configs import EvalConfig
@@ -29,8 +30,17 @@ from model.evaluation.outputs import BASE, FULL
 
 log = logging.getLogger(__name__)
 
-USES_MIN_PER_TASK = {"task_diversity", "weighted_task_diversity"}
-USES_SCORES = {"weighted_task_diversity"}
+
+
+def reads_scores(strategy: str) -> bool:
+    """Whether the strategy reads the model's scores (within-task order ``random``, as the harness runs it)."""
+    from model.strategies import needs
+    return needs(SelectionConfig(budget=1, strategy=strategy)).metric
+
+
+def uses_min_per_task(strategy: str) -> bool:
+    from model.strategies import get_strategy
+    return get_strategy(strategy).uses_min_per_task
 
 
 class ResultsMismatch(ValueError):
@@ -51,22 +61,9 @@ class RunSpec:
         return json.dumps([self.strategy, self.budget_n, self.seed, self.min_per_task, self.metric, self.rounds])
 
 
-def resolve_budget(budget: float | int, pool_size: int) -> int:
-    """A fraction of the pool (float in (0, 1]) or a count (int >= 1) -> number of examples."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a number, got {budget!r}")
-    if isinstance(budget, float):
-        if not 0 < budget <= 1:
-            raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
-        return max(1, round(budget * pool_size))
-    if budget < 1:
-        raise ValueError(f"a budget count must be >= 1, got {budget}")
-    return min(budget, pool_size)
-
-
 def plan_runs(cfg: EvalConfig, pool_size: int) -> list[RunSpec]:
     """Every run the config asks for, deduplicated, seed-major, budgets ascending."""
-    budgets = sorted({resolve_budget(b, pool_size) for b in cfg.budgets})
+    budgets = sorted({Budget.parse(b).resolve(pool_size) for b in cfg.budgets})
     specs = [RunSpec(BASE, 0)]
     for seed in cfg.seeds:
         for n in budgets:
@@ -74,9 +71,9 @@ def plan_runs(cfg: EvalConfig, pool_size: int) -> list[RunSpec]:
                 specs.append(RunSpec(FULL, pool_size, seed))
                 continue
             for strategy in cfg.strategies:
-                for mpt in cfg.min_per_task if strategy in USES_MIN_PER_TASK else [None]:
-                    for metric in cfg.metric if strategy in USES_SCORES else [None]:
-                        for rounds in cfg.rounds if strategy in USES_SCORES else [None]:
+                for mpt in cfg.min_per_task if uses_min_per_task(strategy) else [None]:
+                    for metric in cfg.metric if reads_scores(strategy) else [None]:
+                        for rounds in cfg.rounds if reads_scores(strategy) else [None]:
                             specs.append(RunSpec(strategy, n, seed, mpt, metric, rounds))
     return list(dict.fromkeys(specs))
 
@@ -105,7 +102,7 @@ class Experiment:
         self._embeddings = None
 
     def embeddings(self) -> np.ndarray:
-        if self._embeddings is None:  # only k_center needs them; MiniLM loads on first use
+        if self._embeddings is None:  # computed once for every run that needs them; MiniLM loads on first use
             from model.embeddings import embed
             self._embeddings = embed(self.pool.prompts)
         return self._embeddings
@@ -120,13 +117,13 @@ class Experiment:
     def select(self, spec: RunSpec, indices: np.ndarray, budget: int, scores: dict | None = None,
                min_per_task: int | None = None) -> np.ndarray:
         """Pool indices (into the full pool) that ``spec.strategy`` picks among ``indices``."""
-        from model.strategies import select
-        if spec.strategy == "k_center":
-            self.embeddings()
+        from model.strategies import needs, select
         if min_per_task is None:
             min_per_task = spec.min_per_task or 0  # None: a strategy that ignores it
         cfg = SelectionConfig(budget=budget, strategy=spec.strategy, seed=spec.seed, min_per_task=min_per_task,
                               **({"metric": spec.metric} if spec.metric else {}))
+        if needs(cfg).embeddings:
+            self.embeddings()
         picked = select(self.subpool(indices, scores), cfg)
         return indices[np.asarray(picked.order, dtype=np.int64)]
 

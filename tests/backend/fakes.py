@@ -52,9 +52,11 @@ class FakeLabelStudio:
             ids.append(tid)
         return ids
 
-    def annotate(self, project: int, task_id: int, text: str, cancelled: bool = False) -> dict:
+    def annotate(self, project: int, task_id: int, text: str, cancelled: bool = False,
+                 completed_by: int | None = None) -> dict:
         now = datetime.now(timezone.utc).isoformat()
         ann = {"id": next(self._ids), "was_cancelled": cancelled, "created_at": now, "updated_at": now,
+               "completed_by": completed_by,
                "result": [{"from_name": "response", "to_name": "prompt", "type": "textarea",
                            "value": {"text": [text]}}]}
         self._task(project, task_id)["annotations"].append(ann)
@@ -66,6 +68,9 @@ class FakeLabelStudio:
     # --- the client contract ------------------------------------------------------------------
     def project(self, project_id: int) -> dict:
         self.calls.append("project")
+        if project_id not in self.projects:  # what the real client raises for Label Studio's 404
+            from backend.labelstudio import LabelStudioError
+            raise LabelStudioError(f"Label Studio API GET /api/projects/{project_id}: 404", 404)
         return {**self.projects[project_id], "task_number": len(self.tasks_by_project[project_id])}
 
     def tasks(self, project_id: int) -> list[dict]:

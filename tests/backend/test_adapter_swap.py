@@ -1,4 +1,5 @@
-"""The server follows the adapter version recorded in Redis, and never uses a half-written folder."""
+"""The server follows the adapter version recorded in Redis, never uses a half-written folder, and
+never drafts with the base model in place of a version it cannot get."""
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,11 +18,11 @@ def _save_adapter(project: int, seed: int) -> str:
     return wiring.adapter_store().save(str(project), result.peft_model, result.meta())
 
 
-def _predict(client, task_id: int) -> dict:
+def _predict(client, task_id: int, status: int = 200) -> dict:
     r = client.post("/predict", json={"tasks": [{"id": task_id, "data": {"prompt": "count the number of words"}}],
                                       "project": "7.1", "label_config": LABEL_CONFIG})
-    assert r.status_code == 200
-    return r.json()["results"][0]
+    assert r.status_code == status
+    return r.json()["results"][0] if status == 200 else r.json()
 
 
 def _scored_under(adapter) -> set:
@@ -43,11 +44,11 @@ def test_server_picks_up_new_versions_and_skips_half_written_ones(backend_env):
     _predict(client, 2)
     assert _scored_under(v2) == {2}
 
-    # A save interrupted half-way leaves only a hidden temp folder; a version named in Redis but not
-    # complete on disk is never loaded: the drafts come from the base model instead.
+    # A save interrupted half-way leaves only a hidden temp folder; a version named in Redis but neither
+    # complete on disk nor copied into Redis is never loaded, and the base model does not stand in.
     half = backend_env.model_dir / "7" / ".tmp-interrupted"
     half.mkdir()
     (half / "adapter_config.json").write_text("{")
     st.set_adapter(7, "v0003")
-    _predict(client, 3)
-    assert _scored_under(None) == {3} and _scored_under("v0003") == set()
+    assert "adapter v0003 is neither" in _predict(client, 3, status=503)["detail"]
+    assert _scored_under(None) == set() and _scored_under("v0003") == set()

@@ -45,3 +45,17 @@ def test_latest_non_cancelled_annotation_makes_the_pair():
     assert sft_pairs(tasks, iface, "prompt") == [("p1", "new")]
     assert latest_annotation(tasks[1]) is None
     assert annotation_signature(latest_annotation(tasks[0])) == "2@2026-01-02"
+
+
+def test_responses_are_trimmed_and_blank_ones_are_not_pairs():
+    iface = parse_label_config(LABEL_CONFIG)
+    lines = {"from_name": "response", "type": "textarea", "value": {"text": ["  5 centuries\n", "", " \t"]}}
+    assert result_text([lines], "response") == "5 centuries"
+    code = {"from_name": "response", "type": "textarea", "value": {"text": ["def f():\n    return 1\n\n", "ok "]}}
+    assert result_text([code], "response") == "def f():\n    return 1\nok"  # inner indentation is kept
+    tasks = [{"id": 1, "data": {"prompt": "p1"}, "annotations": [_ann(1, "5 centuries\n", "2026-01-01")]},
+             {"id": 2, "data": {"prompt": "p2"}, "annotations": [_ann(2, " \n\n ", "2026-01-01")]},
+             {"id": 3, "data": {"prompt": "p3"}, "annotations": [_ann(3, "kept", "2026-01-01"),
+                                                                  _ann(4, "\n", "2026-01-02")]}]
+    # the blank latest answer of task 3 replaces the earlier one: task 3 is not trained on
+    assert sft_pairs(tasks, iface, "prompt") == [("p1", "5 centuries")]

@@ -106,3 +106,28 @@ def test_serve_and_worker_commands(backend_env):
                             capture_output=True, text=True)
     assert worker.returncode == 0, worker.stderr[-2000:]
     assert wiring.store().conn.exists("wtd:reconcile:scheduled")  # the worker scheduled the reconcile pass
+
+
+def test_serve_keeps_query_strings_out_of_the_access_log(backend_env, tmp_path):
+    env = {**os.environ, "REDIS_URL": backend_env.redis_url}
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", str(port)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            status = None
+            for _ in range(100):
+                try:
+                    status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health?token=q-secret-42",
+                                                    timeout=1).status
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            assert status == 200
+        finally:
+            server.terminate()
+            server.wait(10)
+    text = log_path.read_text()
+    assert '"GET /health HTTP/1.1" 200' in text  # the access log is on, with the path
+    assert "q-secret-42" not in text and "token=" not in text

@@ -192,3 +192,32 @@ def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeyp
     assert all(t.startswith("cluster-") for t in selection["task_sizes"])
     assert len(selection["task_sizes"]) >= 2 and sum(selection["task_sizes"].values()) == 12
     assert len(selection["order"]) == TEST_PARAMS["budget"]
+
+
+@pytest.mark.slow
+def test_k_center_reuses_the_embeddings_that_inferred_the_tasks(backend_env, monkeypatch):
+    """The registry says k_center needs embeddings: the ones computed for task inference are reused."""
+    import model.embeddings
+    from tests.backend.fakes import TEST_PARAMS, FakeLabelStudio
+
+    calls = []
+    real = model.embeddings.embed
+    monkeypatch.setattr(model.embeddings, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
+    prompts = [f"translate the sentence number {i} into french please" for i in range(6)] + \
+              [f"what is {i} plus {i + 3}? answer with a number" for i in range(6)]
+    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "strategy": "k_center"})
+    pid = ls.add_project(prompts, [{} for _ in prompts])
+    monkeypatch.setattr(wiring, "make_client", lambda: ls)
+    enqueue.enqueue_refresh(pid)
+    run_worker()
+    assert calls == [12]  # once, for the clusters and the k-center picks together
+    selection = wiring.store().selection(pid)
+    assert len(selection["order"]) == TEST_PARAMS["budget"] == len(set(selection["order"]))
+
+
+def test_selection_depends_only_on_the_settings_the_strategy_uses():
+    from backend.project_config import parse_extra_params
+    from backend.selection import SELECTION_SETTINGS, selection_settings
+
+    assert selection_settings(parse_extra_params({"strategy": "task_diversity"})) == SELECTION_SETTINGS
+    assert selection_settings(parse_extra_params({"strategy": "random"})) == SELECTION_SETTINGS - {"min_per_task"}

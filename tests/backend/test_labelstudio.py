@@ -128,6 +128,7 @@ def test_tasks_reads_every_page_with_annotations(client, project, monkeypatch):
     [ann] = tasks[ids[4]]["annotations"]
     assert ann["id"] == annotation["id"] and ann["result"] == textarea("an answer")
     assert ann["was_cancelled"] is False and ann["created_at"] and ann["updated_at"]
+    assert isinstance(ann["completed_by"], int) and ann["completed_by"] == annotation["completed_by"]
 
 
 @pytest.mark.e2e
@@ -231,6 +232,10 @@ def test_ml_backend_extra_params_and_secured_webhook(client, project, stub_ml_ba
     events = [(h, json.loads(b)) for m, p, h, b in stub_ml_backend.requests if p == "/webhook"]
     created = [h for h, e in events if e.get("action") == "ANNOTATION_CREATED"]
     assert created and all(h.get("X-Webhook-Secret") == "s3cret" for h in created)
+    # The backend answers 415 to a body not sent as JSON: Label Studio sends every POST as JSON.
+    posts = [(p, {k.lower(): v for k, v in h.items()}) for m, p, h, b in stub_ml_backend.requests if m == "POST"]
+    assert {p for p, _ in posts} >= {"/setup", "/webhook"}
+    assert all(h.get("content-type", "").startswith("application/json") for _, h in posts), posts
 
 
 @pytest.mark.e2e

@@ -17,6 +17,10 @@ def test_budget_int_or_fraction():
     assert parse_extra_params({"budget": 30}).budget_for(10) == 10
     assert parse_extra_params({"budget": 0.25}).budget_for(10) == 3
     assert parse_extra_params({"budget": 1.0}).budget_for(7) == 7
+    # model.budget's one rule, the same as `wtd select` and the harness: a fraction rounds up
+    assert parse_extra_params({"budget": 0.25}).budget_for(14) == 4
+    assert parse_extra_params({"budget": 0.07}).budget_for(100) == 7
+    assert parse_extra_params({"budget": 0.25}).budget == 0.25 and parse_extra_params({"budget": 3}).budget == 3
 
 
 @pytest.mark.parametrize("raw,setting", [

@@ -97,10 +97,12 @@ def test_a_burst_of_webhooks_queues_one_training(client, backend_env):
 
 
 def test_tasks_created_enqueues_one_refresh(client, backend_env):
+    client.post("/setup", json=_setup_body(extra_params=TEST_PARAMS))
+    before = _queued(backend_env.score_queue)
     for _ in range(3):
         r = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": [{"id": 1}], "project": {"id": 7}})
         assert r.status_code == 200
-    assert _queued(backend_env.score_queue) == 1
+    assert _queued(backend_env.score_queue) == before + 1
 
 
 def test_predict_serves_stored_drafts_and_queue_positions(client, fake_ls):
@@ -140,6 +142,10 @@ def test_metrics_show_queue_scoring_and_jobs(client, fake_ls):
     assert m["queue"]["model_version"] == f"wtd-{pid}-1" and m["queue"]["selected"] == 4
     assert m["scoring"]["done"] == m["scoring"]["total"] == 10
     assert m["jobs"]["write"]["status"] == "finished" and m["adapter"] is None
+    sel = m["selection"]  # the selection per task, for reports (the demo's) that must not read Redis keys
+    assert sel["budget"] == sel["selected"] == sum(sel["allocation"].values()) == 4
+    assert set(sel["allocation"]) == set(sel["task_sizes"]) == set(sel["task_confidence"])
+    assert sum(sel["task_sizes"].values()) == 10
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -25,7 +24,7 @@ from backend.settings import Settings
 from backend.store import Store
 from model.config import SelectionConfig
 from model.strategies import select
-from scripts.local_labelstudio import REPO, free_port, stop_process_group
+from scripts.local_labelstudio import REPO, free_port, stop_process_group, wait_for_http
 from tests.support import empty_redis
 
 pytestmark = pytest.mark.e2e
@@ -84,17 +83,10 @@ def backend(label_studio, tiny_model_dir, tmp_path, e2e_redis):
 
 
 def wait_for_health(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"backend exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", auth=AUTH, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"backend did not answer /health in {timeout_s}s:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_for_http(f"{url}/health", proc, log_path, timeout_s, what="the backend", auth=AUTH)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def run_worker(env: dict, tmp_path: Path, conn: redis.Redis, timeout_s: float = 300) -> None:

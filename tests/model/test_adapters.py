@@ -117,3 +117,71 @@ def test_path_errors(tmp_path):
         store.meta("other", "v0001")
     with pytest.raises(ValueError, match="not an adapter version"):
         store.path("p", "../p/v0001")
+
+
+def test_prune_keeps_the_newest_and_the_protected_and_clears_stale_temps(tmp_path):
+    import os
+    import time
+    store = AdapterStore(tmp_path)
+    for i in range(6):
+        store.save("p", FakeAdapter(f"t{i}"), {})
+    stale, fresh = tmp_path / "p" / ".tmp-killed", tmp_path / "p" / ".tmp-saving"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert store.prune("p", keep=2, protect={"v0002", None}) == ["v0001", "v0003", "v0004"]
+    assert store.versions("p") == ["v0002", "v0005", "v0006"]
+    assert tag(store, "p", "v0002") == "t1" and tag(store, "p", "v0006") == "t5"
+    assert sorted(p.name for p in (tmp_path / "p").iterdir() if p.name.startswith(".")) == [".tmp-saving"]
+    assert store.prune("p", keep=2, protect={"v0002"}) == []  # nothing more to do
+    assert store.prune("none", keep=1) == []  # a project without adapters
+
+
+def test_prunable_is_by_number_not_by_name():
+    from model.adapters import prunable
+    assert prunable(["v10000", "v9999", "v0001"], keep=1) == ["v0001", "v9999"]
+    assert prunable(["v0001", "v0002"], keep=5) == []
+
+
+def test_archive_installs_the_same_files_in_another_store(tmp_path):
+    here, there = AdapterStore(tmp_path / "a"), AdapterStore(tmp_path / "b")
+    version = here.save("p", FakeAdapter("moved"), {"loss": 0.5})
+    path = there.install("p", version, here.archive("p", version))
+    assert path == tmp_path / "b" / "p" / version and there.versions("p") == [version]
+    assert tag(there, "p", version) == "moved" and there.meta("p", version)["loss"] == 0.5
+    # A second install of the same version (another process on that host won the race) keeps the first.
+    assert there.install("p", version, here.archive("p", version)) == path
+    assert not [p for p in (tmp_path / "b" / "p").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["../escape", "sub/file", ".hidden"])
+def test_install_refuses_archives_that_write_elsewhere(tmp_path, name):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for member in ("meta.json", name):
+            info = tarfile.TarInfo(member)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    store = AdapterStore(tmp_path / "root")
+    with pytest.raises(ValueError, match="unexpected member"):
+        store.install("p", "v0001", buf.getvalue())
+    assert store.versions("p") == [] and not list((tmp_path / "root" / "p").iterdir())
+    assert not (tmp_path / "escape").exists()
+
+
+def test_numbers_continue_after_versions_taken_elsewhere(tmp_path):
+    store = AdapterStore(tmp_path, taken=lambda project: {"p": 7}.get(project, 0))
+    assert store.save("p", FakeAdapter(), {}) == "v0008"
+    assert store.save("p", FakeAdapter(), {}) == "v0009"
+    assert store.save("q", FakeAdapter(), {}) == "v0001"
+
+
+def test_remove_is_safe_to_repeat(tmp_path):
+    store = AdapterStore(tmp_path)
+    version = store.save("p", FakeAdapter(), {})
+    assert store.remove("p", version) is True and store.remove("p", version) is False
+    assert store.versions("p") == [] and not list((tmp_path / "p").iterdir())

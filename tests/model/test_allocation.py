@@ -50,6 +50,29 @@ def test_equal_remainders_go_to_the_earlier_task():
     assert allocate({"c": 10, "b": 10, "a": 10}, 16) == {"c": 6, "b": 5, "a": 5}
 
 
+def test_a_seed_decides_which_tied_tasks_get_the_extra_units():
+    """Equal weights and a budget below the number of tasks: every remainder ties. Without a seed
+    the first tasks win; with one, which tasks win depends on the seed and only on the seed."""
+    sizes = {f"t{i:02d}": 4 for i in range(20)}
+    assert [t for t, c in allocate(sizes, 4, 1).items() if c] == ["t00", "t01", "t02", "t03"]
+    winners = {seed: frozenset(t for t, c in allocate(sizes, 4, 1, seed=seed).items() if c) for seed in range(10)}
+    assert all(len(w) == 4 for w in winners.values())
+    assert len(set(winners.values())) > 5  # different seeds, different tasks
+    assert all(allocate(sizes, 4, 1, seed=s) == allocate(sizes, 4, 1, seed=s) for s in range(10))  # per seed: fixed
+    # Above the bases too: 16 - 15 = 1 unit with equal shares, and the seed picks its task.
+    assert {next(t for t, c in allocate({"a": 10, "b": 10, "c": 10}, 16, seed=s).items() if c == 6)
+            for s in range(20)} == {"a", "b", "c"}
+
+
+def test_the_seed_never_overrides_the_weights():
+    # A tie in remainders still goes to the higher weight (the less confident task) first, whatever the seed.
+    weights = {"a": 1.0, "b": 1.0, "c": 2.0, "d": 2.0}
+    for seed in range(20):
+        alloc = allocate({t: 5 for t in weights}, 3, 1, weights, seed=seed)
+        assert alloc["c"] == alloc["d"] == 1 and alloc["a"] + alloc["b"] == 1
+    assert {allocate({t: 5 for t in weights}, 3, 1, weights, seed=s)["a"] for s in range(20)} == {0, 1}
+
+
 def test_budget_over_pool_and_zero_budget():
     assert allocate({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
     assert allocate({"a": 3, "b": 4}, 0) == {"a": 0, "b": 0}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from model.cli import EXIT_BAD_INPUT, main
+from model.config import WITHIN_ORDERS, SelectionConfig
+from model.strategies import STRATEGIES, needs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,6 +66,43 @@ def test_select_other_strategies(tmp_path, capsys, strategy):
     assert len(out.read_text().splitlines()) == 10
 
 
+def only(rows, fields):
+    return [{k: r[k] for k in ("id", "task", *fields)} for r in rows]
+
+
+@pytest.mark.parametrize("within", WITHIN_ORDERS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_runs_on_only_the_fields_it_needs(tmp_path, capsys, strategy, within):
+    """The registry says what a strategy reads; the CLI asks for exactly that, no less and no more."""
+    cfg = SelectionConfig(budget=1, strategy=strategy, within=within)
+    fields = needs(cfg).fields(cfg)
+    rows = only(scored_rows(), fields)
+    out = tmp_path / "q.jsonl"
+    args = ["select", "--input", write_rows(tmp_path / "in.jsonl", rows), "--budget", 9, "--output", out,
+            "--strategy", strategy, "--within", within, "--min-per-task", 2]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    queue = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(queue) == 9 and len({q["id"] for q in queue}) == 9
+    for missing in fields:  # and each of those fields is really needed: without it, one clear line
+        rows_without = only(scored_rows(), [f for f in fields if f != missing])
+        args[2] = write_rows(tmp_path / f"no-{missing}.jsonl", rows_without)
+        code, err = run_cli(args, capsys)
+        assert code == EXIT_BAD_INPUT and f"'{missing}'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_task_diversity_on_unscored_prompts(tmp_path, capsys):
+    """The issue's reproduction: prompts that were never scored, Task Diversity, a fractional budget."""
+    rows = [{"id": i, "task": f"t{i % 4}", "prompt": f"p{i}"} for i in range(40)]
+    out = tmp_path / "q.jsonl"
+    code, err = run_cli(["select", "--input", write_rows(tmp_path / "prompts.jsonl", rows), "--strategy",
+                         "task_diversity", "--budget", "0.25", "--output", out], capsys)
+    assert code == 0, err
+    queue = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(queue) == 10  # ceil(0.25 * 40)
+    assert "budget=10" in err and "confidence" in err
+
+
 def bad_case(tmp_path, rows):
     return write_rows(tmp_path / "bad.jsonl", rows)
 
@@ -82,12 +121,15 @@ GOOD = scored_rows((3, 3), (0.5, 0.2))
     ([], [], ["empty"]),
     (GOOD, ["--strategy", "nope"], ["--strategy", "nope"]),
     (GOOD, ["--metric", "nope"], ["--metric"]),
-    (GOOD, ["--budget", "-3"], ["--budget", ">= 0"]),
-    (GOOD, ["--budget", "ten"], ["--budget"]),
+    (GOOD, ["--budget", "-3"], ["--budget", ">= 1"]),
+    (GOOD, ["--budget", "0"], ["--budget", ">= 1"]),
+    (GOOD, ["--budget", "1.5"], ["--budget", "0 < f <= 1"]),
+    (GOOD, ["--budget", "ten"], ["--budget", "not a number"]),
     (GOOD, ["--strategy", "k_center"], None),  # needs prompts: present here, so valid
     ([{k: v for k, v in r.items() if k != "prompt"} for r in GOOD], ["--strategy", "k_center"], ["row 1", "'prompt'"]),
 ], ids=["not-json", "missing-task", "non-numeric", "nan", "null-metric", "duplicate-id", "valid-control",
-        "empty", "unknown-strategy", "unknown-metric", "negative-budget", "non-int-budget", "k-center-ok",
+        "empty", "unknown-strategy", "unknown-metric", "negative-budget", "zero-budget",
+        "fraction-over-one", "non-int-budget", "k-center-ok",
         "k-center-needs-prompt"])
 def test_select_bad_input(tmp_path, capsys, rows, extra, expect):
     src = bad_case(tmp_path, rows)

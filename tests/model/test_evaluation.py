@@ -11,7 +11,8 @@ import pytest
 from model.cli import main as cli_main
 from model.evaluation import data, metrics
 from model.evaluation.configs import smoke
-from model.evaluation.harness import BASE, FULL, plan_runs, resolve_budget
+from model.budget import Budget
+from model.evaluation.harness import BASE, FULL, plan_runs
 from model.io import InputError
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -117,7 +118,7 @@ def test_ni_rows_filter_long_examples_and_keep_alternatives():
 
 
 def test_budgets_and_plan():
-    assert resolve_budget(0.05, 80) == 4 and resolve_budget(1.0, 80) == 80 and resolve_budget(200, 80) == 80
+    assert [Budget.parse(b).resolve(80) for b in (0.05, 0.1, 0.2, 0.5, 1.0, 200)] == [4, 8, 16, 40, 80, 80]
     cfg = smoke()
     cfg.seeds, cfg.min_per_task = [0, 1], [0, 5]
     specs = plan_runs(cfg, pool_size=32)

@@ -11,7 +11,7 @@ import torch
 from model.config import ScoringConfig
 from model.loading import load_model
 from model.prompting import prompt_text, response_text
-from model.scoring import generate, response_logprobs, score_prompts, score_rows
+from model.scoring import _encode, generate, prompt_budget, response_logprobs, score_prompts, score_rows
 
 PROMPTS = ["hello", "summarize the following text in one sentence please",
            "a b c", "translate this sentence into french " * 4, "x", "count the words"]
@@ -198,3 +198,18 @@ def test_smollm2_responses_are_fluent_and_consistent_with_teacher_forcing():
         ids = tok(response_text(tok, ex.response), add_special_tokens=False)["input_ids"]
         if ex.n_tokens < 48 and len(ids) == ex.n_tokens:  # the response re-tokenizes the same way
             np.testing.assert_allclose(lp, ex.token_logprobs, atol=1e-3)
+
+
+def test_prompts_over_the_context_are_cut_in_the_middle(lm, caplog):
+    budget = prompt_budget(lm, 10)
+    assert budget == lm.model.config.max_position_embeddings - 10 == 1014  # the tiny model's 1024 positions
+    assert prompt_budget(lm, 2000) == 512  # never less than half the context
+    long = "start " + "filler words " * 1500 + "the end"
+    full = _encode(lm.tokenizer, [long, "hello"], True)
+    cut = _encode(lm.tokenizer, [long, "hello"], True, budget)
+    assert len(full[0]) > budget and len(cut[0]) == budget and cut[1] == full[1]
+    head = (budget + 1) // 2
+    assert cut[0][:head] == full[0][:head] and cut[0][head:] == full[0][-(budget - head):]
+    caplog.set_level(logging.WARNING)
+    ex = score_prompts(lm, [long], cfg())[0]
+    assert 1 <= ex.n_tokens <= 10 and "cut in the middle" in caplog.text

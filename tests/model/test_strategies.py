@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from model.allocation import allocate, confidence_weights
-from model.config import STRATEGIES, SelectionConfig
+from model.config import SelectionConfig
 from model.kcenter import k_center
 from model.queue import interleave
 from model import strategies
-from model.strategies import Pool, get_strategy, select
+from model.strategies import STRATEGIES, Pool, get_strategy, select
 
 
 def scored_rows(sizes=(12, 8, 20), probs=(0.9, 0.5, 0.1)):
@@ -57,6 +57,33 @@ def test_weighted_task_diversity_allocates_queues_and_fills(metric):
     assert sel.allocation["task2"] > sel.allocation["task1"] >= sel.allocation["task0"] >= 5
     assert len(set(sel.order)) == 24
     assert tasks_of(rows, sel) == interleave(sel.allocation)  # queue = Tijdeman over the allocation
+
+
+def test_task_diversity_spreads_a_small_budget_by_seed():
+    """Fewer prompts than tasks: the seed, not the label order, decides which tasks get one."""
+    rows = [{"id": i, "task": f"t{i % 20:02d}"} for i in range(80)]
+    chosen = {}
+    for seed in range(6):
+        sel = select(rows, SelectionConfig(budget=4, strategy="task_diversity", min_per_task=1, seed=seed))
+        chosen[seed] = frozenset(t for t, c in sel.allocation.items() if c)
+        assert len(chosen[seed]) == 4 and sum(sel.allocation.values()) == 4
+        again = select(rows, SelectionConfig(budget=4, strategy="task_diversity", min_per_task=1, seed=seed))
+        assert again.order == sel.order
+    assert len(set(chosen.values())) == 6
+    assert set().union(*chosen.values()) - {"t00", "t01", "t02", "t03"}
+
+
+def test_registry_needs():
+    from model.strategies import needs
+    fields = {(s, w): needs(SelectionConfig(budget=1, strategy=s, within=w)).fields(SelectionConfig(budget=1))
+              for s in STRATEGIES for w in ("random", "least_confident", "diverse")}
+    assert fields[("random", "diverse")] == fields[("task_diversity", "random")] == ()
+    assert fields[("weighted_task_diversity", "random")] == ("sequence_prob",)
+    assert fields[("task_diversity", "least_confident")] == ("sequence_prob",)
+    assert fields[("k_center", "random")] == fields[("task_diversity", "diverse")] == ("prompt",)
+    assert fields[("weighted_task_diversity", "diverse")] == ("sequence_prob", "prompt")
+    assert [s for s in STRATEGIES if get_strategy(s).uses_min_per_task] == ["weighted_task_diversity",
+                                                                            "task_diversity"]
 
 
 def test_task_confidence_is_the_mean_transformed_metric():
