@@ -124,7 +124,8 @@ class FakeLabelStudio:
     # --- lean reads and version clean-up (real: Data Manager filters, include=, model-versions) -----
     def task_index(self, project_id: int, after_id: int = 0) -> list[dict]:
         self.calls.append("task_index")
-        out = [{"id": t["id"], "data": dict(t["data"])} for t in self.tasks_by_project[project_id] if t["id"] > after_id]
+        out = [{"id": t["id"], "data": dict(t["data"])}
+               for t in self.tasks_by_project[project_id] if t["id"] > after_id]
         self.tasks_read += len(out)
         return out
 
