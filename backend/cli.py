@@ -131,7 +131,8 @@ def project_state(client, st, project: int) -> dict:
             "model_version": (st.queue(project) or {}).get("model_version"),
             "adapter": st.adapter(project), "last_training": st.last_training(project),
             "refresh_pending": st.is_pending(project, "refresh"), "training_pending": st.is_pending(project, "train"),
-            "quality": quality_report(st, project)}
+            "quality": quality_report(st, project),
+            "progress": st.progress(project)}
 
 
 def _human(state: dict) -> str:

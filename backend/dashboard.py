@@ -9,8 +9,8 @@ The metrics keys read here (``m`` = one project's metrics):
   m["label_config_warnings"]  list of strings (the /setup check, backend/label_config.py)
   m["selection"]              {"budget", "selected", "allocation": {task: n}, "task_confidence":
                               {task: float}, "task_sizes": {task: n}}
-  m["progress"]               optional live counts: {"annotated": n, "tasks": {task: {"annotated": n}}};
-                              without it, the queue's ``annotated`` (as of its last write) is shown
+  m["progress"]               live counts per task label (Store.progress): {task: {"annotated", "allocated"}};
+                              while empty, the queue's ``annotated`` (as of its last write) is shown
   m["queue"]                  {"model_version", "head": [task ids], "annotated", "tasks", ...}
   m["scoring"]                {"chunks", "by_status": {status: n}, "done", "total"}
   m["training_history"]       [{"version", "n_examples", "annotations", "loss", "steps", "duration_s",
@@ -94,8 +94,8 @@ def warnings_part(warnings: list[str] | None) -> str:
 def _annotated(m: dict) -> tuple[int | None, str]:
     """Annotated prompts: live counts when the metrics carry them, else the queue's (as of its write)."""
     progress = m.get("progress")
-    if isinstance(progress, dict) and "annotated" in progress:
-        return progress["annotated"], "live"
+    if progress:
+        return sum(counts.get("annotated", 0) for counts in progress.values()), "live"
     queue = m.get("queue")
     return (queue.get("annotated"), "at the last queue write") if queue else (None, "")
 
@@ -124,7 +124,7 @@ def tasks_part(m: dict) -> str:
     if not sel:
         return ""
     sizes, alloc, conf = sel.get("task_sizes") or {}, sel.get("allocation") or {}, sel.get("task_confidence") or {}
-    live = (m.get("progress") or {}).get("tasks") or {}
+    live = m.get("progress") or {}
     top = max([*sizes.values(), 1])
     rows = []
     # Least confident first: the order in which Weighted Task Diversity spends the budget.

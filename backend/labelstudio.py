@@ -10,6 +10,8 @@ Retries are ours, not the SDK's (its own are switched off), so that every call f
 """
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import time
 from typing import Any, Callable, TypeVar
@@ -226,6 +228,81 @@ class LabelStudioClient:
     def next_task(self, project_id: int) -> dict | None:
         """The task Label Studio serves this user next, or None when the queue is empty."""
         return self._get(f"/api/projects/{project_id}/next", missing_ok=True)
+
+    # -- lean reads and version clean-up (issue #8: nothing a pass reads or keeps grows with N) --
+
+    def _task_pages(self, project_id: int, *, fields: str = "task_only", include: str | None = None,
+                    query: dict | None = None) -> list[dict]:
+        """Every page of ``/api/tasks`` for a Data Manager ``query`` (filters / selectedItems), raw JSON.
+
+        ``include`` names the task fields Label Studio serializes (``id,data``: about 40 bytes a task
+        instead of about 600)."""
+        params = {"project": project_id, "page_size": TASK_PAGE_SIZE, "fields": fields}
+        if include:
+            params["include"] = include
+        if query:
+            params["query"] = json.dumps(query)
+        out: list[dict] = []
+        for page in itertools.count(1):
+            def send(page=page):
+                resp = self._http.request("api/tasks", method="GET", params={**params, "page": page})
+                if resp.status_code == 404:  # past the last page: "Invalid page."
+                    return None
+                if resp.status_code >= 400:
+                    raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text)
+                return resp.json()
+            body = self._call("GET", f"/api/tasks?project={project_id}&page={page}", send)
+            tasks = (body or {}).get("tasks") or []
+            out += tasks
+            if len(tasks) < TASK_PAGE_SIZE or len(out) >= (body or {}).get("total", 0):
+                return out
+
+    def task_index(self, project_id: int, after_id: int = 0) -> list[dict]:
+        """``{"id", "data"}`` of the tasks with an id above ``after_id`` (imports only add higher ids)."""
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}]}}
+        return [{"id": t["id"], "data": t.get("data") or {}}
+                for t in self._task_pages(project_id, include="id,data", query=query if after_id else None)]
+
+    def task_ids(self, project_id: int) -> list[int]:
+        """Every task id of the project (about 10 bytes a task)."""
+        return [t["id"] for t in self._task_pages(project_id, include="id")]
+
+    def annotated_tasks(self, project_id: int) -> list[dict]:
+        """Tasks with at least one annotation (cancelled ones included), as ``tasks()`` shapes them."""
+        query = {"filters": {"conjunction": "or", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0},
+            {"filter": "filter:tasks:cancelled_annotations", "operator": "greater", "type": "Number", "value": 0}]}}
+        return [self._task_dict(t) for t in self._task_pages(project_id, fields="all", query=query)]
+
+    def task_predictions(self, project_id: int, task_ids: list[int]) -> dict[int, list[dict]]:
+        """task id -> its predictions ``{"id", "model_version", "score"}``, for these tasks only."""
+        if not task_ids:
+            return {}
+        query = {"selectedItems": {"all": False, "included": list(task_ids)}}
+        tasks = self._task_pages(project_id, fields="all", include="id,predictions", query=query)
+        return {t["id"]: [{k: p.get(k) for k in ("id", "model_version", "score")} for p in t.get("predictions") or []]
+                for t in tasks}
+
+    def update_prediction(self, prediction_id: int, result: list[dict]) -> None:
+        """Replace a prediction's result in place; Label Studio keeps its model_version and score."""
+        self._call("PATCH", f"/api/predictions/{prediction_id}",
+                   lambda: self._sdk.predictions.update(prediction_id, result=result))
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """model_version -> number of predictions Label Studio holds under it."""
+        return self._get(f"/api/projects/{project_id}/model-versions/") or {}
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of ``model_version``; returns how many (0 when there were none)."""
+        path = f"/api/projects/{project_id}/model-versions/"
+
+        def send():
+            resp = self._http.request(path.lstrip("/"), method="DELETE", json={"model_version": model_version})
+            if resp.status_code >= 400:
+                raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text)
+            return resp.json()
+        return int(self._call("DELETE", path, send).get("deleted_predictions", 0))
 
     # -- helpers for the demo, the tests and operators ------------------------------------
 

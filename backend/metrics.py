@@ -52,6 +52,7 @@ def project_metrics(st, project: int) -> dict:
         "quality": quality_report(st, project),
         "label_config_warnings": st.config_warnings(project),
         "training_history": st.training_history(project),
+        "progress": st.progress(project),
     }
 
 

@@ -17,6 +17,7 @@ from backend import wiring
 from backend.enqueue import enqueue_job, job_started, report_progress, schedule_reconcile
 from backend.model_cache import score_tasks
 from backend.project import Project, load_project
+from backend.queue_writer import draft_window
 from backend.settings import get_settings
 from backend.store import Store
 
@@ -66,14 +67,18 @@ def refresh(project: int) -> dict:
 
 
 def needed_scores(proj: Project) -> dict[str | None, list[dict]]:
-    """Rows to score per adapter: the selection pool under the selection adapter, drafts under the current one.
+    """Rows to score per adapter: the selection pool under the selection adapter, and the draft window
+    (the next ``draft_ahead`` unlabeled tasks of the written queue) under the current one.
 
     rounds == 1 selects over the whole project with the base model, so its queue survives retraining;
-    rounds > 1 selects over the unlabeled tasks with the adapter of the latest round.
+    rounds > 1 selects over the unlabeled tasks with the adapter of the latest round. Drafts cost
+    O(draft_ahead) per pass, not O(N): tasks further down keep their last draft.
     """
     st = wiring.store()
     wanted = {proj.selection_adapter: proj.usable if proj.config.rounds == 1 else proj.unlabeled}
-    wanted[proj.draft_adapter] = wanted.get(proj.draft_adapter, []) + proj.unlabeled
+    unlabeled = {t["id"]: t for t in proj.unlabeled}
+    window = draft_window(st.all_positions(proj.id), set(unlabeled), proj.config.draft_ahead)
+    wanted[proj.draft_adapter] = wanted.get(proj.draft_adapter, []) + [unlabeled[t] for t in window]
     out = {}
     for adapter, tasks in wanted.items():
         done = st.scored_ids(proj.id, proj.score_key(adapter))
@@ -96,11 +101,12 @@ def plan(client, st: Store, project: int) -> dict:
                 SCORE_CHUNK, (project, adapter, rows[start:start + s.score_chunk_size], proj.config.max_new_tokens),
                 s.score_queue, s.score_job_timeout_s, st.next_job_id(project, "score")))
     # A failed chunk must not block the queue: its tasks stay unscored (served last) until reconcile.
-    writer = enqueue_job(WRITE_QUEUE, (project,), s.score_queue, s.score_job_timeout_s,
-                         st.next_job_id(project, "write"),
+    # Recorded before it is enqueued: an earlier writer that sees a newer one leaves the write to it.
+    write_id = st.next_job_id(project, "write")
+    st.set_job(project, "write", write_id)
+    writer = enqueue_job(WRITE_QUEUE, (project,), s.score_queue, s.score_job_timeout_s, write_id,
                          depends_on=Dependency(jobs=chunks, allow_failure=True) if chunks else None)
     st.set_job(project, "score", json.dumps([j.id for j in chunks]))
-    st.set_job(project, "write", writer.id)
     return {"tasks": len(proj.tasks), "score_jobs": len(chunks), "write_job": writer.id}
 
 

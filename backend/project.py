@@ -19,6 +19,7 @@ from backend.annotations import Interface, is_annotated, parse_label_config
 from backend.project_config import ProjectConfig, parse_extra_params
 from backend.settings import Settings, get_settings
 from backend.store import Store
+from backend.task_index import indexed_tasks, sync_index
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Project:
     selection_adapter: str | None
     missing_adapters: tuple[str, ...] = ()
     """Adapters in force that no host can load (see ``require_adapters``)."""
+    active_version: str | None = None
+    """The model_version Label Studio's queue follows now (``project.model_version``)."""
 
     @property
     def prompt_field(self) -> str:
@@ -102,8 +105,11 @@ def our_backend(backends: list[dict], settings: Settings) -> dict | None:
     return backends[0] if backends else None
 
 
-def load_project(client, st: Store, project: int) -> Project:
-    """The project's settings (Label Studio's copy, else the last /setup's), label config and tasks."""
+def load_project(client, st: Store, project: int, sync: bool = True) -> Project:
+    """The project's settings (Label Studio's copy, else the last /setup's), label config and tasks.
+
+    Tasks come from the Redis index, synced with Label Studio first unless ``sync`` is False (a job
+    that runs right after one that synced)."""
     s = get_settings()
     raw = client.project(project)
     backend = our_backend(client.ml_backends(project), s)
@@ -117,5 +123,7 @@ def load_project(client, st: Store, project: int) -> Project:
     missing = missing_adapters(project, (draft, selection))
     if missing:
         log.error("%s", adapter_sync.AdapterUnavailable(project, ", ".join(missing)))
-    return Project(project, config, parse_label_config(raw.get("label_config", "")), client.tasks(project),
-                   s.model_name_or_path, draft, selection, tuple(missing))
+    if sync:
+        sync_index(client, st, project, raw.get("task_number"))
+    return Project(project, config, parse_label_config(raw.get("label_config", "")), indexed_tasks(st, project),
+                   s.model_name_or_path, draft, selection, tuple(missing), raw.get("model_version") or None)

@@ -67,6 +67,10 @@ class ProjectConfig(BaseModel):
         "NLL, base vs adapter); a task is held out or not for good (a hash of its id). Held-out tasks "
         "stay in the queue and are annotated as usual. 0 = train on everything, no quality figures. "
         "Default 0.1."))
+    draft_ahead: int = Field(50, ge=0, description=(
+        "Unlabeled tasks, next in queue order, whose drafts a retraining pass re-writes with the new "
+        "adapter; tasks further down keep their last draft until the window reaches them. "
+        "0 = never re-draft. Default 50."))
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from backend.labelstudio import LabelStudioError
 from backend.planning import needed_scores
 from backend.project import load_project
 from backend.store import valid_project_id
+from backend.queue_writer import draft_window
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ def reconcile_project(project: int) -> dict:
     unqueued = len(proj.unlabeled) - len(queued)
     trained_on = st.trained_on(project)
     new = sum(annotation_signature(latest_annotation(t)) not in trained_on for t in proj.tasks if is_annotated(t))
-    out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "refresh": False, "train": False}
-    if unscored or unqueued:
+    window = draft_window(st.all_positions(project), {t["id"] for t in proj.unlabeled}, proj.config.draft_ahead)
+    drafted = st.drafted(project, window)
+    stale = sum(drafted.get(t) != proj.draft_key for t in window)
+    leftover = max(0, (st.queue(project) or {}).get("stale_versions", 0))
+    out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "stale_drafts": stale,
+           "stale_versions": leftover, "refresh": False, "train": False}
+    if unscored or unqueued or stale or leftover:
         out["refresh"] = enqueue_refresh(project) is not None
     if proj.config.train_every and new >= proj.config.train_every:
         out["train"] = enqueue_train(project) is not None

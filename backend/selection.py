@@ -42,6 +42,7 @@ def current_selection(st: Store, proj: Project) -> dict:
     scores = st.scores(proj.id, key, [t["id"] for t in pool])
     rows = [{"id": t["id"], "prompt": proj.prompt(t), **scores[t["id"]]} for t in pool if t["id"] in scores]
     sel = _select(rows, proj, min(budget, len(rows)))
+    st.save_task_labels(proj.id, {r["id"]: r["task"] for r in rows if "task" in r})  # live progress
     frozen = {"fingerprint": fingerprint, "score_key": key, "budget": budget,
               "order": [rows[i]["id"] for i in sel.order], "allocation": _str_keys(sel.allocation),
               "task_confidence": _str_keys(sel.task_confidence or {}), "task_sizes": _str_keys(sel.task_sizes)}

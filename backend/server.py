@@ -319,7 +319,22 @@ async def webhook(request: Request) -> dict:
         train_every = known[0].train_every
         if train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every:
             job = enqueue.enqueue_train(p)
+        if _moves_window(st, p, body):
+            enqueue.enqueue_refresh(p)
     return {"status": "queued" if job else "coalesced", "action": body.action}
+
+
+def _moves_window(st, project: int, body: WebhookBody) -> bool:
+    """An annotation saved on a task inside the draft window moves the window on (O(1) Redis reads);
+    counts it for live progress. Skips and deletions leave the window to the reconcile pass."""
+    ann = (body.model_extra or {}).get("annotation")
+    task = ann.get("task") if isinstance(ann, dict) else None
+    task = task.get("id") if isinstance(task, dict) else task
+    if body.action == "ANNOTATIONS_DELETED" or not isinstance(task, int) or ann.get("was_cancelled"):
+        return False
+    st.mark_annotated(project, task)
+    pos = st.positions(project, [task]).get(task)
+    return pos is not None and pos <= (st.queue(project) or {}).get("window_end", -1)
 
 
 @app.get("/metrics", dependencies=[Depends(require_auth)])

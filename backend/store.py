@@ -29,6 +29,11 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:webhook_auth           fingerprint of the credentials last put on Label Studio's webhook
   wtd:p:{p}:config_warnings        JSON list: why the last /setup's label config hides the draft
   wtd:p:{p}:train:history          list of JSON training records, oldest first (the last TRAINING_HISTORY)
+  wtd:p:{p}:tasks                  hash task id -> JSON task data (the index, read once per import)
+  wtd:p:{p}:annotations            hash task id -> JSON annotations, of annotated tasks only
+  wtd:p:{p}:drafted                hash task id -> score key its draft in Label Studio was written from
+  wtd:p:{p}:annotated              set of annotated task ids (webhooks add, passes reconcile): progress
+  wtd:p:{p}:task_labels            hash task id -> task label (given or inferred) of the selection pool
 """
 from __future__ import annotations
 
@@ -351,3 +356,93 @@ class Store:
     def training_history(self, project: int) -> list[dict]:
         """The last ``TRAINING_HISTORY`` training records (version, n_examples, loss, duration_s, ...)."""
         return [json.loads(v) for v in self.conn.lrange(self._k(project, "train", "history"), 0, -1)]
+
+    # --- task index (issue #8: jobs read Label Studio by difference, not whole) ----------------
+    def put_tasks(self, project: int, data: dict[int, dict]) -> None:
+        """Index tasks' data (id -> data dict), read once per import."""
+        if data:
+            self.conn.hset(self._k(project, "tasks"), mapping={str(t): json.dumps(d) for t, d in data.items()})
+
+    def task_data(self, project: int) -> dict[int, dict]:
+        return {int(t): json.loads(d) for t, d in self.conn.hgetall(self._k(project, "tasks")).items()}
+
+    def task_ids(self, project: int) -> set[int]:
+        return {int(t) for t in self.conn.hkeys(self._k(project, "tasks"))}
+
+    def drop_tasks(self, project: int, task_ids: Iterable) -> None:
+        ids = [str(t) for t in task_ids]
+        if ids:
+            self.conn.hdel(self._k(project, "tasks"), *ids)
+            self.conn.hdel(self._k(project, "annotations"), *ids)
+
+    def replace_annotations(self, project: int, annotations: dict[int, list[dict]]) -> None:
+        """The annotations of every task that has any (Label Studio's truth as of this read)."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "annotations"))
+        if annotations:
+            pipe.hset(self._k(project, "annotations"), mapping={str(t): json.dumps(a) for t, a in annotations.items()})
+        pipe.execute()
+
+    def annotations(self, project: int) -> dict[int, list[dict]]:
+        return {int(t): json.loads(a) for t, a in self.conn.hgetall(self._k(project, "annotations")).items()}
+
+    # --- drafts: which score key each task's draft in Label Studio was written from ----------------
+    def drafted(self, project: int, task_ids: Iterable | None = None) -> dict[int, str]:
+        k = self._k(project, "drafted")
+        if task_ids is None:
+            return {int(t): v.decode() for t, v in self.conn.hgetall(k).items()}
+        ids = [str(t) for t in task_ids]
+        return {int(t): v.decode() for t, v in zip(ids, self.conn.hmget(k, ids) if ids else []) if v is not None}
+
+    def set_drafted(self, project: int, keys: dict[int, str], replace: bool = False) -> None:
+        pipe = self.conn.pipeline()
+        if replace:
+            pipe.delete(self._k(project, "drafted"))
+        if keys:
+            pipe.hset(self._k(project, "drafted"), mapping={str(t): k for t, k in keys.items()})
+        pipe.execute()
+
+    def all_positions(self, project: int) -> dict[int, int]:
+        return {int(t): int(p) for t, p in self.conn.hgetall(self._k(project, "positions")).items()}
+
+    def save_queue_state(self, project: int, state: dict) -> None:
+        """The queue's state after a window pass (positions unchanged)."""
+        self.conn.set(self._k(project, "queue"), json.dumps(state))
+
+    # --- live progress: annotated tasks per task label ------------------------------------------
+    def mark_annotated(self, project: int, task_id: int) -> None:
+        self.conn.sadd(self._k(project, "annotated"), task_id)
+
+    def replace_annotated(self, project: int, task_ids: Iterable) -> None:
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "annotated"))
+        ids = list(task_ids)
+        if ids:
+            pipe.sadd(self._k(project, "annotated"), *ids)
+        pipe.execute()
+
+    def annotated_ids(self, project: int) -> set[int]:
+        return {int(t) for t in self.conn.smembers(self._k(project, "annotated"))}
+
+    def save_task_labels(self, project: int, labels: dict[int, str]) -> None:
+        """Task id -> task label (given or inferred) of the selection pool."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "task_labels"))
+        if labels:
+            pipe.hset(self._k(project, "task_labels"), mapping={str(t): lab for t, lab in labels.items()})
+        pipe.execute()
+
+    def task_labels(self, project: int, task_ids: Iterable) -> dict[int, str]:
+        ids = [str(t) for t in task_ids]
+        vals = self.conn.hmget(self._k(project, "task_labels"), ids) if ids else []
+        return {int(t): v.decode() for t, v in zip(ids, vals) if v is not None}
+
+    def progress(self, project: int) -> dict[str, dict[str, int]]:
+        """Per task label: prompts annotated (live, from webhooks and passes) vs allocated by the selection.
+
+        O(A) reads: the annotated set and their labels."""
+        sel = self.selection(project) or {}
+        out = {label: {"annotated": 0, "allocated": int(n)} for label, n in (sel.get("allocation") or {}).items()}
+        for label in self.task_labels(project, self.annotated_ids(project)).values():
+            out.setdefault(label, {"annotated": 0, "allocated": 0})["annotated"] += 1
+        return out

@@ -26,6 +26,8 @@ class FakeLabelStudio:
         self.backends: dict[int, dict] = {}
         self.webhooks: dict[int, dict] = {}
         self.calls: list[str] = []
+        self.tasks_read = 0
+        """Tasks returned by the lean reads (the real client's bytes grow with this)."""
         self.label_config, self.extra_params, self.backend_url = label_config, extra_params, backend_url
 
     # --- test helpers -------------------------------------------------------------------------
@@ -69,7 +71,7 @@ class FakeLabelStudio:
         if project_id not in self.projects:  # what the real client raises for Label Studio's 404
             from backend.labelstudio import LabelStudioError
             raise LabelStudioError(f"Label Studio API GET /api/projects/{project_id}: 404", 404)
-        return dict(self.projects[project_id])
+        return {**self.projects[project_id], "task_number": len(self.tasks_by_project[project_id])}
 
     def tasks(self, project_id: int) -> list[dict]:
         self.calls.append("tasks")
@@ -82,7 +84,7 @@ class FakeLabelStudio:
         for p in predictions:
             assert p["task"] in task_ids and set(p) == {"task", "model_version", "score", "result"}
             assert 0 <= p["score"] <= 1, "Label Studio drops predictions scored outside [0, 1]"
-            self.predictions.append({**p, "project": project_id})
+            self.predictions.append({**p, "project": project_id, "id": next(self._ids)})
         return len(predictions)
 
     def activate_queue(self, project_id: int, model_version: str) -> None:
@@ -118,6 +120,57 @@ class FakeLabelStudio:
         ranked = sorted((t for t in open_tasks if t["id"] in scores), key=lambda t: scores[t["id"]])
         rest = [t for t in open_tasks if t["id"] not in scores]
         return (ranked + rest or [None])[0]
+
+    # --- lean reads and version clean-up (real: Data Manager filters, include=, model-versions) -----
+    def task_index(self, project_id: int, after_id: int = 0) -> list[dict]:
+        self.calls.append("task_index")
+        out = [{"id": t["id"], "data": dict(t["data"])}
+               for t in self.tasks_by_project[project_id] if t["id"] > after_id]
+        self.tasks_read += len(out)
+        return out
+
+    def task_ids(self, project_id: int) -> list[int]:
+        self.calls.append("task_ids")
+        return [t["id"] for t in self.tasks_by_project[project_id]]
+
+    def annotated_tasks(self, project_id: int) -> list[dict]:
+        self.calls.append("annotated_tasks")
+        out = [{**t, "annotations": [dict(a) for a in t["annotations"]]}
+               for t in self.tasks_by_project[project_id] if t["annotations"]]
+        self.tasks_read += len(out)
+        return out
+
+    def task_predictions(self, project_id: int, task_ids: list[int]) -> dict[int, list[dict]]:
+        self.calls.append("task_predictions")
+        wanted = set(task_ids)
+        out = {t["id"]: [] for t in self.tasks_by_project[project_id] if t["id"] in wanted}
+        for p in self.predictions:
+            if p["project"] == project_id and p["task"] in out:
+                out[p["task"]].append({k: p[k] for k in ("id", "model_version", "score")})
+        self.tasks_read += len(out)
+        return out
+
+    def update_prediction(self, prediction_id: int, result: list[dict]) -> None:
+        self.calls.append("update_prediction")
+        next(p for p in self.predictions if p["id"] == prediction_id)["result"] = result
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        self.calls.append("model_versions")
+        out: dict[str, int] = {}
+        for p in self.predictions:
+            if p["project"] == project_id:
+                out[p["model_version"]] = out.get(p["model_version"], 0) + 1
+        return out
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        self.calls.append("delete_model_version")
+        keep = [p for p in self.predictions if p["project"] != project_id or p["model_version"] != model_version]
+        n, self.predictions = len(self.predictions) - len(keep), keep
+        return n
+
+    def delete_annotations(self, project: int, task_id: int) -> None:
+        """Test helper: the annotator deletes the task's annotations (ANNOTATIONS_DELETED)."""
+        self._task(project, task_id)["annotations"].clear()
 
     def predictions_of(self, version: str) -> list[dict]:
         return [p for p in self.predictions if p["model_version"] == version]

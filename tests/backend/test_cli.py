@@ -34,6 +34,21 @@ def test_settings_shows_the_state(fake_ls, capsys):
     assert code == 0 and "budget: 4" in out
 
 
+def test_settings_shows_live_progress_per_task_label(fake_ls, capsys):
+    """Annotated vs allocated per task label, as annotations arrive (not as of the last queue write)."""
+    pid = fake_ls.project_id
+    enqueue.enqueue_refresh(pid)
+    run_worker()
+    alloc = wiring.store().selection(pid)["allocation"]
+    first = wiring.store().selection(pid)["order"][0]
+    label = next(t["data"]["task"] for t in fake_ls.tasks_by_project[pid] if t["id"] == first)
+    fake_ls.annotate(pid, first, "an answer")  # its webhook was lost: the command reads the truth
+    code, out, _ = _settings(capsys, "--project", str(pid), "--json")
+    progress = json.loads(out)["progress"]
+    assert code == 0 and progress[label] == {"annotated": 1, "allocated": alloc[label]}
+    assert sum(p["annotated"] for p in progress.values()) == 1
+
+
 def test_settings_change_goes_through_label_studio_and_replans(fake_ls, capsys, backend_env):
     pid = fake_ls.project_id
     code, out, _ = _settings(capsys, "--project", str(pid), "--budget", "0.5", "--strategy", "random",

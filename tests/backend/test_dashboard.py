@@ -82,7 +82,7 @@ def test_sections_render_from_partial_metrics_and_escape_names():
            "task_sizes": {"<b>x</b>": 10}}
     jobs = {"train": {"id": "wtd-train-3-1", "status": "failed", "error": "RuntimeError: out of memory"}}
     html = project_section(3, {"quality": quality, "selection": sel, "jobs": jobs,
-                               "progress": {"annotated": 2, "tasks": {"<b>x</b>": {"annotated": 2}}}})
+                               "progress": {"<b>x</b>": {"annotated": 2, "allocated": 3}}})
     assert html.count("<polyline") == 2 and values(html, "adapter_nll") == {"v0001": "2.1", "v0002": "1.9"}
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     assert values(html, "annotated") == {None: "2"} and values(html, "task_annotated") == {"&lt;b&gt;x&lt;/b&gt;": "2"}

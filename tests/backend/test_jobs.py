@@ -43,13 +43,15 @@ def test_scoring_and_queue_chain(fake_ls):
     assert len(st.scored_ids(pid, state["score_key"])) == 10
     assert len(json.loads(st.jobs(pid)["score"])) == 3  # 10 tasks in chunks of 4
 
-    # a second pass scores nothing new, keeps the (frozen) order, and writes under a new version
+    # a second pass scores nothing new, keeps the (frozen) order and the version, and writes nothing:
+    # every draft in the window is already the current adapter's (the base model's)
     enqueue.enqueue_refresh(pid)
     run_worker()
-    v2 = st.queue(pid)["model_version"]
-    assert v2 != v1 and ls.activations[-1] == (pid, v2)
+    state = st.queue(pid)
+    assert state["model_version"] == v1 and state["pass"] == "window" and state["written"] == 0
+    assert ls.activations == [(pid, v1)] and len(ls.predictions) == 10
     assert st.jobs(pid)["score"] == "[]"
-    assert [p["task"] for p in sorted(ls.predictions_of(v2), key=lambda p: p["score"])] == by_score
+    assert [p["task"] for p in sorted(ls.predictions_of(v1), key=lambda p: p["score"])] == by_score
     assert _serve_all(ls, pid) == by_score
 
 
@@ -92,7 +94,7 @@ def test_coalesced_training_waits_for_the_running_one(fake_ls):
 def test_a_failing_job_lands_in_the_failed_registry(fake_ls, monkeypatch):
     def broken(project_id):
         raise RuntimeError("Label Studio API GET /api/tasks: 500 after 4 tries")
-    monkeypatch.setattr(fake_ls, "tasks", broken)
+    monkeypatch.setattr(fake_ls, "annotated_tasks", broken)
     job = enqueue.enqueue_refresh(fake_ls.project_id)
     run_worker()
     registry = FailedJobRegistry(queue=Queue(get_settings().score_queue, connection=wiring.redis_conn()))
@@ -117,10 +119,12 @@ def test_training_end_to_end(fake_ls):
     assert last["version"] == "v0001" and last["n_examples"] == 3 and last["loss"] > 0
     meta = Job.fetch(st.jobs(pid)["train"], connection=st.conn).meta
     assert meta["step"] == meta["total"] == last["steps"] and meta["loss"] > 0
-    # drafts re-written from the adapter under a new version; rounds == 1 keeps the base model's order
+    # the window (draft_ahead 50 > 7 unlabeled) re-drafted from the adapter in place, same version;
+    # rounds == 1 keeps the base model's order
     state = st.queue(pid)
     assert "|v0001|" in state["score_key"] and "|base|" in state["selection_key"]
-    assert state["predictions"] == 7
+    assert state["pass"] == "window" and state["redrafted"] == 7 and state["model_version"] == f"wtd-{pid}-1"
+    assert len(ls.predictions) == 10
     assert st.selection(pid)["order"] == base_order
     assert ls.next_task(pid)["id"] == base_order[3]
     assert reconcile.reconcile_project(pid)["train"] is False  # nothing new since
@@ -165,6 +169,7 @@ def test_reconcile_pass_reschedules_itself_once(fake_ls):
     assert result == {}
     wiring.store().add_project(pid)
     assert reconcile.reconcile_all()[pid] == {"unscored": 10, "unqueued": 10, "new_annotations": 0,
+                                         "stale_drafts": 0, "stale_versions": 0,
                                          "refresh": True, "train": False}
     assert enqueue.schedule_reconcile() is None  # already scheduled by the pass
     scheduled = ScheduledJobRegistry(queue=Queue(get_settings().score_queue, connection=wiring.redis_conn()))

@@ -132,6 +132,49 @@ def test_tasks_reads_every_page_with_annotations(client, project, monkeypatch):
 
 
 @pytest.mark.e2e
+def test_lean_reads_by_difference(client, project, monkeypatch):
+    """Issue #8: the reads a pass makes carry only what they name (new tasks, annotated tasks, the
+    predictions of a few tasks), across pages."""
+    monkeypatch.setattr(labelstudio, "TASK_PAGE_SIZE", 3)
+    pid = project["id"]
+    ids = import_prompts(client, pid, 10)
+    assert client.task_index(pid) == [{"id": t, "data": {"prompt": f"prompt {i}", "task": f"t{i % 3}"}}
+                                       for i, t in enumerate(ids)]
+    assert [t["id"] for t in client.task_index(pid, after_id=ids[6])] == ids[7:]
+    assert client.task_index(pid, after_id=ids[-1]) == []
+    assert client.task_ids(pid) == ids and client.project(pid)["task_number"] == 10
+    kept = client.create_annotation(ids[2], textarea("an answer"))
+    client.create_annotation(ids[5], textarea("skipped"), was_cancelled=True)
+    annotated = {t["id"]: t for t in client.annotated_tasks(pid)}
+    assert sorted(annotated) == [ids[2], ids[5]]
+    assert annotated[ids[2]]["annotations"][0]["id"] == kept["id"]
+    assert annotated[ids[5]]["annotations"][0]["was_cancelled"] is True
+    client.import_predictions(pid, [{"task": t, "model_version": v, "score": 0.5, "result": textarea(v)}
+                                    for v in ("a", "b") for t in ids])
+    preds = client.task_predictions(pid, ids[3:5])
+    assert sorted(preds) == ids[3:5] and sorted(p["model_version"] for p in preds[ids[3]]) == ["a", "b"]
+    assert client.task_predictions(pid, []) == {}
+
+
+@pytest.mark.e2e
+def test_redraft_in_place_and_delete_old_versions(client, project):
+    """PATCH keeps a prediction's version and score (the queue order); deleting a version leaves the others."""
+    pid = project["id"]
+    ids = import_prompts(client, pid, 4)
+    for v, score in (("old", 0.5), ("new", 0.25)):
+        client.import_predictions(pid, [{"task": t, "model_version": v, "score": score, "result": textarea(v)}
+                                        for t in ids])
+    assert client.model_versions(pid) == {"old": 4, "new": 4}
+    [pred] = [p for p in client.task_predictions(pid, [ids[1]])[ids[1]] if p["model_version"] == "new"]
+    client.update_prediction(pred["id"], textarea("re-drafted"))
+    assert client.delete_model_version(pid, "old") == 4
+    assert client.delete_model_version(pid, "old") == 0
+    assert client.model_versions(pid) == {"new": 4}
+    [after] = [p for p in client.predictions(pid) if p["id"] == pred["id"]]
+    assert after["result"] == textarea("re-drafted") and after["model_version"] == "new" and after["score"] == 0.25
+
+
+@pytest.mark.e2e
 def test_next_task_serves_the_prediction_score_order(client, project, monkeypatch):
     monkeypatch.setattr(labelstudio, "PREDICTION_CHUNK", 4)  # 10 predictions -> 3 POSTs
     ids = import_prompts(client, project["id"], 10)

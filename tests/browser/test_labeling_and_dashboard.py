@@ -157,8 +157,9 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     assert sum(sel["allocation"].values()) == EXTRA_PARAMS["budget"]
     assert shown("pool") == {t: str(n) for t, n in sel["task_sizes"].items()} == {t: "4" for t in list(TEMPLATES)[:3]}
     assert shown("confidence") == {t: f"{c:.3g}" for t, c in sel["task_confidence"].items()}
-    annotated = (m.get("progress") or {}).get("annotated", m["queue"]["annotated"])
-    assert shown("annotated") == {None: str(annotated)}
+    live = m["progress"]  # the webhooks' live counts, per task label
+    assert shown("annotated") == {None: str(sum(c["annotated"] for c in live.values()))}
+    assert shown("task_annotated") == {t: str(live.get(t, {}).get("annotated", 0)) for t in sel["task_sizes"]}
     assert shown("model_version") == {None: m["queue"]["model_version"]}
     assert re.findall(r"#(\d+)", shown("head")[None]) == [str(t) for t in m["queue"]["head"]]
     assert m["queue"]["head"] == queue[3:3 + len(m["queue"]["head"])]

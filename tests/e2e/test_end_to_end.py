@@ -2,8 +2,9 @@
 
 A project of 40 prompts in 4 tasks gets its queue from the backend; Label Studio's own "next task"
 endpoint must serve exactly the Weighted-Task-Diversity order recomputed here from the stored scores.
-Annotations then train a LoRA adapter (through the webhook), whose drafts replace the predictions
-under a new model_version while the rest of the queue keeps its order.
+Annotations then train a LoRA adapter (through the webhook), whose drafts replace, in place, those of
+the next ``draft_ahead`` tasks while the queue keeps its order and Label Studio keeps about one
+prediction per task (issue #8).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.e2e
 REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 LABEL_CONFIG = ('<View><Text name="prompt" value="$prompt"/>'
                 '<TextArea name="response" toName="prompt"/></View>')
-BUDGET, MIN_PER_TASK, TRAIN_EVERY = 20, 2, 4
-EXTRA_PARAMS = {"budget": BUDGET, "min_per_task": MIN_PER_TASK, "train_every": TRAIN_EVERY,
+BUDGET, MIN_PER_TASK, TRAIN_EVERY, DRAFT_AHEAD = 20, 2, 4, 5
+EXTRA_PARAMS = {"budget": BUDGET, "min_per_task": MIN_PER_TASK, "train_every": TRAIN_EVERY, "draft_ahead": DRAFT_AHEAD,
                 "task_field": "task", "max_new_tokens": 8, "epochs": 1, "batch_size": 4, "r": 4}
 AUTH = ("ls-backend", "e2e-basic-pass")
 TEMPLATES = {
@@ -176,14 +177,33 @@ def test_queue_served_in_order_and_retrained_from_annotations(label_studio, back
     version = training["version"]
     assert (adapters / str(project) / version).is_dir() and st.adapter(project) == version
 
-    # The drafts now come from the new adapter, under a new model_version, in the same order.
-    new_version, preds = active_predictions(client, project)
-    assert new_version != first_version
-    state = st.queue(project)
-    assert state["model_version"] == new_version and version in state["score_key"]
+    # The window's drafts now come from the new adapter, in place: same version, same order; the tasks
+    # further down keep the base model's drafts.
     rest = queue[TRAIN_EVERY:]
-    assert [p["task"] for p in sorted(preds, key=lambda p: p["score"])] == rest
-    drafts = st.scores(project, state["score_key"], rest)
-    assert all(p["result"] == textarea(drafts[p["task"]]["response"]) for p in preds)
+    check_window(client, st, project, first_version, version, rest, queue)
+
+    # A second pass: the window has moved on with the annotators.
+    assert serve_and_annotate(client, project, TRAIN_EVERY) == rest[:TRAIN_EVERY]
+    run_worker(env, tmp_path, e2e_redis)
+    second = st.last_training(project)["version"]
+    assert second != version
+    rest = rest[TRAIN_EVERY:]
+    check_window(client, st, project, first_version, second, rest, queue)
 
     assert serve_and_annotate(client, project, len(rest) + 1) == rest
+
+
+def check_window(client, st, project, version, adapter, rest, queue):
+    """The active version is ``version``; the next DRAFT_AHEAD tasks of ``rest`` carry ``adapter``'s
+    drafts, the others the base model's; Label Studio holds at most 1.2 predictions per task."""
+    active, preds = active_predictions(client, project)
+    state = st.queue(project)
+    assert active == version == state["model_version"] and adapter in state["score_key"]
+    assert [p["task"] for p in sorted(preds, key=lambda p: p["score"])] == queue
+    drafts = {p["task"]: p["result"] for p in preds}
+    new = st.scores(project, state["score_key"], rest[:DRAFT_AHEAD])
+    base = st.scores(project, state["selection_key"], rest[DRAFT_AHEAD:])
+    assert {t: drafts[t] for t in rest[:DRAFT_AHEAD]} == {t: textarea(new[t]["response"]) for t in new}
+    assert {t: drafts[t] for t in rest[DRAFT_AHEAD:]} == {t: textarea(base[t]["response"]) for t in base}
+    rows = client.model_versions(project)
+    assert rows == {version: len(queue)} and sum(rows.values()) <= 1.2 * len(queue)

@@ -81,10 +81,12 @@ def test_a_host_without_the_adapter_fetches_it_and_never_drafts_with_base(label_
     assert files(host_b / str(project) / version) == files(host_a / str(project) / version)
     state = st.queue(project)
     assert f"|{version}|" in state["score_key"]
+    # The window re-drafted in place with the fetched adapter (same version, issue #8).
     new_version, preds = active_predictions(client, project)
-    assert new_version == state["model_version"] != first_version and len(preds) == len(PROMPTS) - 2
+    assert new_version == state["model_version"] == first_version and state["pass"] == "window"
     drafts = st.scores(project, state["score_key"])
-    assert all(p["result"] == textarea(drafts[p["task"]]["response"]) for p in preds)
+    assert state["redrafted"] > 0 and len(drafts) >= state["redrafted"]
+    assert all(p["result"] == textarea(drafts[p["task"]]["response"]) for p in preds if p["task"] in drafts)
 
     # Redis loses its copy; host C has none: a new task gets no draft at all, not the base model's.
     st.delete_adapter_files(project, [version])
