@@ -3,7 +3,8 @@
 R rounds share one budget B (docs/selection.md has a worked example):
 
 * **Budgets** (``round_budgets``): B split as evenly as possible, earlier rounds taking the
-  remainder; never more rounds than prompts (B = 5, R = 2 -> [3, 2]; B = 1, R = 3 -> [1]).
+  remainder; never more rounds than prompts (B = 5, R = 2 -> [3, 2]; B = 1, R = 3 -> [1]). A
+  round that found fewer prompts than its share leaves the rest to the later rounds (``round_config``).
 * **Pool and scores** (``select_round``): round r selects its B_r among the prompts no earlier round
   selected, scored by the newest adapter (round 1: the base model). Earlier picks leave the pool
   whether or not they were annotated yet, so re-planning a round (new tasks, new scores) never
@@ -53,13 +54,20 @@ def prior_counts(tasks: Iterable[Hashable]) -> dict:
 
 def round_config(cfg: SelectionConfig, r: int, rounds: int, prior: dict | None = None) -> SelectionConfig:
     """The selection config of round r (1-based) for a total budget ``cfg.budget``: its share of the
-    budget, and min_per_task counting what earlier rounds took (``prior``: task -> count)."""
-    budgets = round_budgets(cfg.budget, rounds)
-    if not 1 <= r <= len(budgets):
-        raise ValueError(f"round {r} of {len(budgets)} (budget {cfg.budget} over {rounds} rounds)")
+    budget, and min_per_task counting what earlier rounds took (``prior``: task -> count).
+
+    The share is the first of what earlier rounds left (B - their picks) split over the rounds left:
+    the even split of ``round_budgets`` when every round got its budget, and a round that found too
+    few prompts (or a budget that grew with the project) moves the difference to the later rounds.
+    """
+    n_rounds = len(round_budgets(cfg.budget, rounds))
+    if not 1 <= r <= n_rounds:
+        raise ValueError(f"round {r} of {n_rounds} (budget {cfg.budget} over {rounds} rounds)")
     if r == 1 and prior:
         raise ValueError("round 1 has no earlier rounds: prior must be empty")
-    return replace(cfg, budget=budgets[r - 1], prior_counts=dict(prior) if prior else None)
+    spent = sum(check_count(f"prior count of task {t!r}", n) for t, n in (prior or {}).items())
+    budget = round_budgets(max(0, cfg.budget - spent), n_rounds - r + 1)[0]
+    return replace(cfg, budget=budget, prior_counts=dict(prior) if prior else None)
 
 
 def select_round(candidates: Pool, cfg: SelectionConfig, r: int, rounds: int, prior: dict | None = None) -> Selection:

@@ -80,3 +80,10 @@ def test_next_round_waits_until_every_pick_of_the_planned_rounds_is_done():
 def test_queue_order_serves_the_open_picks_first_then_the_rest_by_id():
     assert queue_order([[5, 3], [9, 1]], {1, 2, 3, 4, 9, 10}) == [3, 9, 1, 2, 4, 10]
     assert queue_order([], {4, 2}) == [2, 4]
+
+
+def test_a_round_short_of_prompts_leaves_its_budget_to_the_next():
+    cfg = SelectionConfig(budget=10, min_per_task=0)
+    assert [round_config(cfg, r, 3, {"a": n} if n else None).budget for r, n in ((1, 0), (2, 4), (3, 7))] == [4, 3, 3]
+    assert round_config(cfg, 2, 3, {"a": 1}).budget == 5  # round 1 found only 1 prompt
+    assert round_config(cfg, 3, 3, {"a": 12}).budget == 0  # never below 0
