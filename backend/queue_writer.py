@@ -7,8 +7,9 @@ import time
 from backend import wiring
 from backend.annotations import textarea_result
 from backend.project import load_project
-from backend.selection import current_selection
+from backend.selection import current_selection, watch_round_end
 from backend.settings import get_settings
+from model.rounds import queue_order
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,14 @@ def write_queue(project: int) -> dict:
         unlabeled = {t["id"] for t in proj.unlabeled}
         drafts = st.scores(project, proj.draft_key, unlabeled)
         chosen = [t for t in sel["order"] if t in unlabeled]
-        order = chosen + sorted(unlabeled - set(chosen))  # outside the budget: after every selected task
-        order = [t for t in order if t in drafts]
+        order = [t for t in queue_order([sel["order"]], unlabeled) if t in drafts]  # model.rounds' queue
+        watch_round_end(st, proj, sel)
         version = f"wtd-{project}-{st.next_pass(project)}"
         preds = [{"task": t, "model_version": version, "score": queue_score(pos, len(order)),
                   "result": textarea_result(proj.iface, drafts[t]["response"])} for pos, t in enumerate(order)]
         written = client.import_predictions(project, preds) if preds else 0
         client.activate_queue(project, version)
-        state = {"model_version": version, "budget": sel["budget"], "selected": len(chosen),
+        state = {"model_version": version, "budget": sel["budget"], "round": sel["round"], "selected": len(chosen),
                  "predictions": written, "unscored": len(unlabeled) - len(order), "tasks": len(proj.tasks),
                  "annotated": len(proj.usable) - len(unlabeled), "score_key": proj.draft_key,
                  "selection_key": sel["score_key"], "head": order[:10], "written_at": time.time()}

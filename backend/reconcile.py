@@ -9,6 +9,7 @@ from backend.enqueue import enqueue_refresh, enqueue_train, schedule_reconcile
 from backend.labelstudio import LabelStudioError
 from backend.planning import needed_scores
 from backend.project import load_project
+from backend.selection import round_due
 from backend.store import valid_project_id
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,12 @@ def reconcile_project(project: int) -> dict:
     unqueued = len(proj.unlabeled) - len(queued)
     trained_on = st.trained_on(project)
     new = sum(annotation_signature(latest_annotation(t)) not in trained_on for t in proj.tasks if is_annotated(t))
+    due = round_due(proj, st.selection(project))
     out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "refresh": False, "train": False}
+    if due is not None:
+        out["round_due"] = due
     if unscored or unqueued:
         out["refresh"] = enqueue_refresh(project) is not None
-    if proj.config.train_every and new >= proj.config.train_every:
+    if (proj.config.train_every and new >= proj.config.train_every) or due is not None:
         out["train"] = enqueue_train(project) is not None
     return out

@@ -317,9 +317,22 @@ async def webhook(request: Request) -> dict:
         job = enqueue.enqueue_train(p)
     else:
         train_every = known[0].train_every
-        if train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every:
+        # A round ends when its last pick is annotated (or skipped): that forces a training.
+        task = _annotated_task(payload) if body.action != "ANNOTATIONS_DELETED" else None
+        round_ended = task is not None and st.close_pick(p, task)
+        if (train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every) \
+                or round_ended:
             job = enqueue.enqueue_train(p)
     return {"status": "queued" if job else "coalesced", "action": body.action}
+
+
+def _annotated_task(payload: dict) -> int | None:
+    """The task id of an ANNOTATION_CREATED/UPDATED payload (``annotation.task``, else ``task.id``)."""
+    for holder, field in ((payload.get("annotation"), "task"), (payload.get("task"), "id")):
+        value = holder.get(field) if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 @app.get("/metrics", dependencies=[Depends(require_auth)])

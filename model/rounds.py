@@ -28,12 +28,12 @@ Everything here is pure (no model, no Redis): callers bring the scored pool.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import replace
 
 from model.allocation import check_count
 from model.config import SelectionConfig
-from model.strategies import Pool, Selection, select
+from model.strategies import Selection, select
 
 
 def round_budgets(budget: int, rounds: int) -> list[int]:
@@ -70,10 +70,12 @@ def round_config(cfg: SelectionConfig, r: int, rounds: int, prior: dict | None =
     return replace(cfg, budget=budget, prior_counts=dict(prior) if prior else None)
 
 
-def select_round(candidates: Pool, cfg: SelectionConfig, r: int, rounds: int, prior: dict | None = None) -> Selection:
-    """Round r's selection among ``candidates`` (the prompts no earlier round selected, scored by
-    the newest adapter). ``order`` indexes ``candidates``."""
-    return select(candidates, round_config(cfg, r, rounds, prior))
+def select_round(candidates, cfg: SelectionConfig, r: int, rounds: int, prior: dict | None = None,
+                 embed_fn: Callable | None = None) -> Selection:
+    """Round r's selection among ``candidates`` (a ``Pool`` or rows: the prompts no earlier round
+    selected, scored by the newest adapter). ``order`` indexes ``candidates``; ``embed_fn`` as in
+    ``select``."""
+    return select(candidates, round_config(cfg, r, rounds, prior), **({"embed_fn": embed_fn} if embed_fn else {}))
 
 
 def next_round(planned: Sequence[Collection], done: Collection, budget: int, rounds: int) -> int | None:

@@ -156,7 +156,7 @@ def test_prune_keeps_the_newest_and_those_in_use_on_disk_and_in_redis(hosts, mon
     monkeypatch.setenv("ADAPTER_KEEP", "2")
     get_settings.cache_clear()
     versions = [save(7) for _ in range(6)]
-    st.set_selection_adapter(7, versions[0])
+    st.set_round_adapter(7, 2, versions[0])  # selects round 2
     st.set_adapter(7, versions[2])  # rolled back
     assert adapter_sync.prune(7) == {"disk": ["v0002", "v0004"], "redis": ["v0002", "v0004"]}
     kept = ["v0001", "v0003", "v0005", "v0006"]
