@@ -88,7 +88,8 @@ def _select_round(st: Store, proj: Project, labels: dict, vectors: dict | None, 
                            embed_fn=embed_fn)
     else:
         sel = Selection(order=[], allocation={}, task_confidence={}, task_sizes={})
-    return {"round": r, "adapter": adapter, "score_key": key, "order": [rows[i]["id"] for i in sel.order],
+    return {"round": r, "adapter": adapter, "score_key": key, "unscored": len(pool) - len(rows),
+            "order": [rows[i]["id"] for i in sel.order],
             "allocation": _str_keys(sel.allocation), "task_confidence": _str_keys(sel.task_confidence or {}),
             "task_sizes": _str_keys(sel.task_sizes)}
 
@@ -122,8 +123,8 @@ def round_due(proj: Project, sel: dict | None) -> int | None:
     or skipped, ``Project.done``) and no adapter was assigned to the next round yet."""
     from model.rounds import next_round
 
-    if not sel:
-        return None  # round 1 is not even planned
+    if not sel or not sel.get("rounds") or sel["rounds"][-1].get("unscored"):
+        return None  # not planned yet, or planned before its pool was scored (a re-plan follows)
     due = next_round([r["order"] for r in sel.get("rounds", [])], proj.done,
                      proj.config.budget_for(len(proj.usable)), proj.config.rounds)
     return due if due is not None and due > len(proj.round_adapters) else None

@@ -95,3 +95,21 @@ def test_a_project_without_rounds_keeps_one_frozen_selection(fake_ls):
     assert not st.close_pick(pid, order[-1])  # no round to end: nothing is watched
     assert round_due(load_project(fake_ls, st, pid), st.selection(pid)) is None
     assert write_queue(pid)["round"] == first["round"] == 1 and st.selection(pid)["order"] == order
+
+
+def test_a_round_planned_before_its_pool_was_scored_does_not_end(backend_env, monkeypatch):
+    """Round 1 written while a score chunk failed: an empty selection is not a finished round."""
+    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "rounds": 2, "train_every": 0})
+    pid = ls.add_project([f"prompt {i}" for i in range(6)], [{"task": "a b".split()[i % 2]} for i in range(6)])
+    monkeypatch.setattr(wiring, "make_client", lambda: ls)
+    st = wiring.store()
+    proj = load_project(ls, st, pid)
+    _store_scores(st, proj, None, [t["id"] for t in proj.usable][:1], [0.5])  # 5 of 6 unscored
+    write_queue(pid)
+    sel = st.selection(pid)
+    assert sel["rounds"][0]["unscored"] == 5 and len(sel["order"]) == 1
+    ls.annotate(pid, sel["order"][0], "x")
+    assert round_due(load_project(ls, st, pid), sel) is None
+    _store_scores(st, proj, None, [t["id"] for t in proj.usable], np.linspace(0.1, 0.9, 6))
+    write_queue(pid)  # the scores arrived: round 1 re-planned over the whole pool
+    assert len(st.selection(pid)["order"]) == 2 and st.selection(pid)["rounds"][0]["unscored"] == 0
