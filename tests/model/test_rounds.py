@@ -87,3 +87,13 @@ def test_a_round_short_of_prompts_leaves_its_budget_to_the_next():
     assert [round_config(cfg, r, 3, {"a": n} if n else None).budget for r, n in ((1, 0), (2, 4), (3, 7))] == [4, 3, 3]
     assert round_config(cfg, 2, 3, {"a": 1}).budget == 5  # round 1 found only 1 prompt
     assert round_config(cfg, 3, 3, {"a": 12}).budget == 0  # never below 0
+
+
+def test_allocate_array_takes_one_base_per_task():
+    from model.allocation import allocate_array
+    counts = allocate_array([4, 4, 4], 5, np.array([2, 0, 1]), np.array([1.0, 1.0, 1.0]))
+    assert counts.sum() == 5 and (counts >= [2, 0, 1]).all()
+    assert allocate_array([4, 4, 4], 2, np.array([2, 0, 1])).tolist() == [1, 0, 1]  # short of the bases: even
+    for bad in (np.array([1, 1]), np.array([1.5, 1, 1]), np.array([-1, 0, 0])):
+        with pytest.raises(ValueError, match="min_per_task"):
+            allocate_array([4, 4, 4], 3, bad)
