@@ -114,17 +114,15 @@ class Experiment:
                     scores=scores if scores is not None else {m: v[indices] for m, v in p.scores.items()},
                     embeddings=None if self._embeddings is None else self._embeddings[indices])
 
-    def select(self, spec: RunSpec, indices: np.ndarray, budget: int, scores: dict | None = None,
-               min_per_task: int | None = None) -> np.ndarray:
-        """Pool indices (into the full pool) that ``spec.strategy`` picks among ``indices``."""
+    def select(self, spec: RunSpec, indices: np.ndarray, budget: int) -> np.ndarray:
+        """Pool indices (into the full pool) that ``spec.strategy`` picks among ``indices`` (one round)."""
         from model.strategies import needs, select
-        if min_per_task is None:
-            min_per_task = spec.min_per_task or 0  # None: a strategy that ignores it
-        cfg = SelectionConfig(budget=budget, strategy=spec.strategy, seed=spec.seed, min_per_task=min_per_task,
+        cfg = SelectionConfig(budget=budget, strategy=spec.strategy, seed=spec.seed,
+                              min_per_task=spec.min_per_task or 0,  # None: a strategy that ignores it
                               **({"metric": spec.metric} if spec.metric else {}))
         if needs(cfg).embeddings:
             self.embeddings()
-        picked = select(self.subpool(indices, scores), cfg)
+        picked = select(self.subpool(indices), cfg)
         return indices[np.asarray(picked.order, dtype=np.int64)]
 
     def train(self, indices, seed: int):
@@ -185,10 +183,11 @@ class Experiment:
         selects its share of the budget among the prompts not yet selected, scored by an adapter
         trained (from the base model) on every earlier pick; the caller retrains on all of them."""
         from model.rounds import prior_counts, round_budgets, select_round
-        if spec.strategy == "k_center":
-            self.embeddings()
+        from model.strategies import needs
         cfg = SelectionConfig(budget=spec.budget_n, strategy=spec.strategy, seed=spec.seed,
                               min_per_task=spec.min_per_task or 0, **({"metric": spec.metric} if spec.metric else {}))
+        if needs(cfg).embeddings:
+            self.embeddings()
         picks, scores = [], None
         for r in range(1, len(round_budgets(spec.budget_n, spec.rounds)) + 1):
             taken = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
