@@ -129,7 +129,8 @@ def test_training_end_to_end(fake_ls):
 @pytest.mark.slow
 def test_rounds_follow_annotations_not_trainings(fake_ls):
     """Budget 4 in 2 rounds of 2 (model.rounds): a train_every training does not end round 1; its
-    last pick's annotation does, forcing a training whose adapter selects round 2 among the rest."""
+    last pick's annotation (here a skip) does, and the adapter trained on every annotation selects
+    round 2 among the rest."""
     ls, pid = fake_ls, fake_ls.project_id
     backend_id = next(iter(ls.backends))
     ls.backends[backend_id]["extra_params"]["rounds"] = 2
@@ -148,15 +149,18 @@ def test_rounds_follow_annotations_not_trainings(fake_ls):
     assert st.selection(pid)["rounds"] == first["rounds"] and st.queue(pid)["round"] == 1
     assert ls.next_task(pid)["id"] == first["order"][1]  # the rest of round 1 is served first
 
-    ls.annotate(pid, first["order"][1], "a short answer")  # round 1 complete: 1 new annotation < train_every
+    # the last pick is skipped: round 1 is complete, with no new annotation to train on, so the
+    # (duplicate) training is skipped and the adapter in force selects round 2
+    ls.annotate(pid, first["order"][1], "", cancelled=True)
     checked = reconcile.reconcile_project(pid)
     assert checked["round_due"] == 2 and checked["train"] is True
     run_worker()
-    assert st.adapter(pid) == "v0002" and st.round_adapters(pid) == {2: "v0002"}
+    assert st.adapter(pid) == "v0001" and st.round_adapters(pid) == {2: "v0001"}
+    assert st.training_skips(pid)
     second = st.selection(pid)
     assert second["round"] == 2 and second["rounds"][0] == first["rounds"][0]
     picks = second["rounds"][1]["order"]
-    assert len(picks) == 2 and not set(picks) & set(first["order"]) and "|v0002|" in second["score_key"]
+    assert len(picks) == 2 and not set(picks) & set(first["order"]) and "|v0001|" in second["score_key"]
     assert second["order"] == first["order"] + picks
     assert "round_due" not in reconcile.reconcile_project(pid)
     # the last round: its end starts nothing, later trainings only move the drafts
@@ -165,7 +169,7 @@ def test_rounds_follow_annotations_not_trainings(fake_ls):
     assert "round_due" not in reconcile.reconcile_project(pid)
     enqueue.enqueue_train(pid)
     run_worker()
-    assert st.adapter(pid) == "v0003" and st.round_adapters(pid) == {2: "v0002"}
+    assert st.adapter(pid) == "v0002" and st.round_adapters(pid) == {2: "v0001"}
     assert st.selection(pid)["rounds"] == second["rounds"]
 
 

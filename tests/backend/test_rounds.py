@@ -2,7 +2,7 @@
 
 A fake Label Studio project and a real Redis; each round's scores are stored under the score key of
 the adapter that selects it, as the scoring jobs would store them. The adapter itself is an empty
-version folder (``valid_adapter`` only checks that it exists): training is not what is compared
+version folder (``adapter_sync.available`` only checks that it exists): training is not what is compared
 here, and the real training path is covered by test_jobs.py::test_rounds_follow_annotations_not_trainings.
 """
 import numpy as np
