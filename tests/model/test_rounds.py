@@ -43,7 +43,7 @@ def test_round_two_tops_up_the_base_round_one_could_not_give():
 
 
 def test_round_two_is_weighted_only_when_round_one_covered_every_base():
-    sizes, conf = {"a": 10, "b": 10}, {"a": 0.1, "b": 0.9}
+    conf = {"a": 0.1, "b": 0.9}  # two tasks of 10; round 1 took the bases, 2 each
     cfg = SelectionConfig(budget=8, min_per_task=2, seed=0)
     prior = {"a": 2, "b": 2}
     assert round_config(cfg, 2, 2, prior).budget == 4
