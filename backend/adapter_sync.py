@@ -100,8 +100,8 @@ def ensure_local(project: int, version: str) -> Path:
 
 
 def in_use(st: Store, project: int) -> set[str]:
-    """The drafting and the selection adapter: never pruned."""
-    return {v for v in (st.adapter(project), st.selection_adapter(project)) if v}
+    """The drafting adapter and every round's selecting adapter: never pruned."""
+    return {v for v in (st.adapter(project), *st.round_adapters(project).values()) if v}
 
 
 def prune(project: int) -> dict[str, list[str]]:

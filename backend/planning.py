@@ -67,24 +67,28 @@ def refresh(project: int) -> dict:
 
 
 def needed_scores(proj: Project) -> dict[str | None, list[dict]]:
-    """Rows to score per adapter: the selection pool under the selection adapter, and the draft window
-    (the next ``draft_ahead`` unlabeled tasks of the written queue) under the current one.
+    """Rows to score per adapter: each started round's pool under the adapter selecting it (round 1:
+    every usable task under the base model; round r: those no earlier round picked), and the draft
+    window (the next ``draft_ahead`` unlabeled tasks of the written queue) under the current adapter.
 
-    rounds == 1 selects over the whole project with the base model, so its queue survives retraining;
-    rounds > 1 selects over the unlabeled tasks with the adapter of the latest round. Drafts cost
+    Scores are kept, so only a new round's adapter or new tasks cost a pass over the pool; drafts cost
     O(draft_ahead) per pass, not O(N): tasks further down keep their last draft.
     """
     st = wiring.store()
-    wanted = {proj.selection_adapter: proj.usable if proj.config.rounds == 1 else proj.unlabeled}
+    earlier = [r["order"] for r in (st.selection(proj.id) or {}).get("rounds", [])]
+    wanted: dict[str | None, dict[int, dict]] = {}
+    for r, adapter in enumerate(proj.round_adapters):
+        taken = {t for picks in earlier[:r] for t in picks}
+        wanted.setdefault(adapter, {}).update({t["id"]: t for t in proj.usable if t["id"] not in taken})
     unlabeled = {t["id"]: t for t in proj.unlabeled}
     window = draft_window(st.all_positions(proj.id), set(unlabeled), proj.config.draft_ahead)
-    wanted[proj.draft_adapter] = wanted.get(proj.draft_adapter, []) + [unlabeled[t] for t in window]
+    wanted.setdefault(proj.draft_adapter, {}).update({t: unlabeled[t] for t in window})
     out = {}
     for adapter, tasks in wanted.items():
         done = st.scored_ids(proj.id, proj.score_key(adapter))
-        rows = {t["id"]: {"id": t["id"], "prompt": proj.prompt(t)} for t in tasks if t["id"] not in done}
+        rows = [{"id": t["id"], "prompt": proj.prompt(t)} for tid, t in tasks.items() if tid not in done]
         if rows:
-            out[adapter] = list(rows.values())
+            out[adapter] = rows
     return out
 
 

@@ -36,13 +36,16 @@ def missing_adapters(project: int, versions) -> list[str]:
     return sorted({v for v in versions if v is not None and not adapter_sync.available(project, v)})
 
 
-def current_adapters(st: Store, project: int, rounds: int) -> tuple[str | None, str | None]:
-    """(draft adapter, selection adapter) as recorded in Redis, None = the base model.
-
-    With one round, selection always uses the base model, so its queue survives retraining.
+def current_adapters(st: Store, project: int, rounds: int) -> tuple[str | None, list[str | None]]:
+    """(draft adapter, the adapter that selects each started round) as recorded in Redis, None = the
+    base model. Round 1 always selects with the base model; round r >= 2 with the adapter trained
+    when round r - 1 ended (``model.rounds``); rounds past ``rounds`` are ignored.
     """
     draft = st.adapter(project)
-    selection = st.selection_adapter(project) if rounds > 1 else None
+    started = st.round_adapters(project)
+    selection: list[str | None] = [None]
+    while len(selection) < rounds and len(selection) + 1 in started:
+        selection.append(started[len(selection) + 1])
     return draft, selection
 
 
@@ -56,7 +59,8 @@ class Project:
     model: str | None
     """The base model (``MODEL_NAME_OR_PATH``) that the score keys name."""
     draft_adapter: str | None
-    selection_adapter: str | None
+    round_adapters: list[str | None]
+    """The adapter selecting each started round (index 0 = round 1 = the base model)."""
     missing_adapters: tuple[str, ...] = ()
     """Adapters in force that no host can load (see ``require_adapters``)."""
     active_version: str | None = None
@@ -87,6 +91,11 @@ class Project:
         return self.score_key(self.draft_adapter)
 
     @property
+    def selection_adapter(self) -> str | None:
+        """The adapter selecting the latest started round."""
+        return self.round_adapters[-1]
+
+    @property
     def selection_key(self) -> str:
         return self.score_key(self.selection_adapter)
 
@@ -95,6 +104,11 @@ class Project:
         then fails (and the last written queue stays) instead of drafting with the base model."""
         if self.missing_adapters:
             raise adapter_sync.AdapterUnavailable(self.id, ", ".join(self.missing_adapters))
+
+    @cached_property
+    def done(self) -> set[int]:
+        """Usable tasks with any annotation, a skip (cancelled) included: what ends a round."""
+        return {t["id"] for t in self.usable if t.get("annotations")}
 
 
 def our_backend(backends: list[dict], settings: Settings) -> dict | None:
@@ -120,7 +134,7 @@ def load_project(client, st: Store, project: int, sync: bool = True) -> Project:
         extra = saved[1] if saved else None
     config = parse_extra_params(extra)
     draft, selection = current_adapters(st, project, config.rounds)
-    missing = missing_adapters(project, (draft, selection))
+    missing = missing_adapters(project, (draft, *selection))
     if missing:
         log.error("%s", adapter_sync.AdapterUnavailable(project, ", ".join(missing)))
     if sync:

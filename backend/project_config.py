@@ -47,8 +47,9 @@ class ProjectConfig(BaseModel):
     train_every: int = Field(10, ge=0, description=(
         "Retrain after this many annotation changes; 0 = only on START_TRAINING. Default 10."))
     rounds: int = Field(1, ge=1, description=(
-        "Selection rounds: 1 keeps the base model's queue; R > 1 re-allocates after each of the first "
-        "R-1 trainings. Default 1."))
+        "Selection rounds (docs/selection.md): the budget split evenly over R rounds; round r+1 is selected "
+        "with the adapter trained when every prompt of rounds 1..r is annotated (not at every "
+        "train_every), min_per_task counting over all rounds. Default 1."))
     r: int = Field(TrainConfig.r, ge=1, description=f"LoRA rank. Default {TrainConfig.r}.")
     lora_alpha: int = Field(TrainConfig.lora_alpha, ge=1,
                             description=f"LoRA scaling numerator. Default {TrainConfig.lora_alpha}.")

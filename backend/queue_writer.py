@@ -23,9 +23,10 @@ from backend.annotations import textarea_result
 from backend.labelstudio import LabelStudioError
 from backend.model_cache import score_tasks
 from backend.project import Project, load_project
-from backend.selection import current_selection
+from backend.selection import current_selection, watch_round_end
 from backend.settings import get_settings
 from backend.store import Store
+from model.rounds import queue_order
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def write_queue(project: int) -> dict:
         proj = load_project(client, st, project, sync=False)
         proj.require_adapters()
         sel = current_selection(st, proj)
+        watch_round_end(st, proj, sel)  # the webhook ticks off the open round's picks
         prev = st.queue(project)
         positions = st.all_positions(project)
         unlabeled = [t["id"] for t in proj.unlabeled]
@@ -105,7 +107,7 @@ def _write_all(st: Store, client, proj: Project, sel: dict, unlabeled: list[int]
     project, n = proj.id, proj.config.draft_ahead
     pending = set(unlabeled)
     chosen = [t for t in sel["order"] if t in pending]
-    candidates = chosen + sorted(pending - set(chosen))  # outside the budget: after every selected task
+    candidates = queue_order([sel["order"]], pending)  # model.rounds' queue: the picks, then the rest by id
     _score_drafts(proj, candidates[:n])
     texts = _draft_texts(st, proj, candidates, sel["score_key"])
     order = [t for t in candidates if t in texts]
@@ -116,7 +118,7 @@ def _write_all(st: Store, client, proj: Project, sel: dict, unlabeled: list[int]
     written = client.import_predictions(project, preds) if preds else 0
     client.activate_queue(project, version)
     state = {"model_version": version, "pass": "full", "fingerprint": sel["fingerprint"], "budget": sel["budget"],
-             "selected": len(chosen), "predictions": written, "written": written, "redrafted": len(window),
+             "round": sel["round"], "selected": len(chosen), "predictions": written, "written": written, "redrafted": len(window),
              "unscored": len(unlabeled) - len(order), "tasks": len(proj.tasks),
              "annotated": len(proj.usable) - len(unlabeled), "score_key": proj.draft_key,
              "selection_key": sel["score_key"], "head": order[:10], "window_end": min(n, len(order)) - 1,

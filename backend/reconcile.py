@@ -9,8 +9,9 @@ from backend.enqueue import enqueue_refresh, enqueue_train, schedule_reconcile
 from backend.labelstudio import LabelStudioError
 from backend.planning import needed_scores
 from backend.project import load_project
-from backend.store import valid_project_id
+from backend.selection import round_due
 from backend.queue_writer import draft_window
+from backend.store import valid_project_id
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,13 @@ def reconcile_project(project: int) -> dict:
     drafted = st.drafted(project, window)
     stale = sum(drafted.get(t) != proj.draft_key for t in window)
     leftover = max(0, (st.queue(project) or {}).get("stale_versions", 0))
+    due = round_due(proj, st.selection(project))
     out = {"unscored": unscored, "unqueued": unqueued, "new_annotations": new, "stale_drafts": stale,
            "stale_versions": leftover, "refresh": False, "train": False}
+    if due is not None:
+        out["round_due"] = due
     if unscored or unqueued or stale or leftover:
         out["refresh"] = enqueue_refresh(project) is not None
-    if proj.config.train_every and new >= proj.config.train_every:
+    if (proj.config.train_every and new >= proj.config.train_every) or due is not None:
         out["train"] = enqueue_train(project) is not None
     return out

@@ -317,7 +317,11 @@ async def webhook(request: Request) -> dict:
         job = enqueue.enqueue_train(p)
     else:
         train_every = known[0].train_every
-        if train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every:
+        # A round ends when its last pick is annotated (or skipped): that forces a training.
+        task = _annotated_task(payload) if body.action != "ANNOTATIONS_DELETED" else None
+        round_ended = task is not None and st.close_pick(p, task)
+        if (train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every) \
+                or round_ended:
             job = enqueue.enqueue_train(p)
         if _moves_window(st, p, body):
             enqueue.enqueue_refresh(p)
@@ -335,6 +339,13 @@ def _moves_window(st, project: int, body: WebhookBody) -> bool:
     st.mark_annotated(project, task)
     pos = st.positions(project, [task]).get(task)
     return pos is not None and pos <= (st.queue(project) or {}).get("window_end", -1)
+def _annotated_task(payload: dict) -> int | None:
+    """The task id of an ANNOTATION_CREATED/UPDATED payload (``annotation.task``, else ``task.id``)."""
+    for holder, field in ((payload.get("annotation"), "task"), (payload.get("task"), "id")):
+        value = holder.get(field) if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 @app.get("/metrics", dependencies=[Depends(require_auth)])

@@ -5,9 +5,9 @@ Keys (``{p}`` = Label Studio project id, ``{key}`` = score key ``<model>|<adapte
   wtd:p:{p}:setup                  hash: label_config, extra_params (JSON) from the last /setup
   wtd:p:{p}:scores:{key}           hash task id -> JSON score row (prompt, task, response, metrics)
   wtd:p:{p}:adapter                current adapter version (drafts); absent = base model
-  wtd:p:{p}:selection_adapter      adapter whose scores drive selection (rounds > 1); absent = base
-  wtd:p:{p}:rounds_done            selection rounds done (1 = the base model's)
-  wtd:p:{p}:selection              JSON frozen selection + the fingerprint it was computed for
+  wtd:p:{p}:round_adapters         hash round r (>= 2) -> adapter version that selects it (round 1: base)
+  wtd:p:{p}:round_open             set of the latest round's picks not yet annotated, while rounds remain
+  wtd:p:{p}:selection              JSON frozen selection (every planned round) + the fingerprint it was computed for
   wtd:p:{p}:pass                   counter of queue-writing passes (model_version suffix)
   wtd:p:{p}:queue                  JSON state of the last written queue (version, order, budget...)
   wtd:p:{p}:positions              hash task id -> queue position of the last written queue
@@ -131,17 +131,29 @@ class Store:
     def set_adapter(self, project: int, version: str) -> None:
         self.conn.set(self._k(project, "adapter"), version)
 
-    def selection_adapter(self, project: int) -> str | None:
-        return self._get(self._k(project, "selection_adapter"))
+    def round_adapters(self, project: int) -> dict[int, str]:
+        """Round r (>= 2) -> the adapter trained when round r - 1 ended (it scores round r's pool)."""
+        return {int(r): v.decode() for r, v in self.conn.hgetall(self._k(project, "round_adapters")).items()}
 
-    def set_selection_adapter(self, project: int, version: str) -> None:
-        self.conn.set(self._k(project, "selection_adapter"), version)
+    def set_round_adapter(self, project: int, round_no: int, version: str) -> None:
+        self.conn.hset(self._k(project, "round_adapters"), str(round_no), version)
 
-    def rounds_done(self, project: int) -> int:
-        return int(self._get(self._k(project, "rounds_done")) or 1)
+    def set_round_open(self, project: int, task_ids: Iterable[int]) -> None:
+        """The latest round's picks still to annotate (empty: no round is waiting to end)."""
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k(project, "round_open"))
+        ids = [str(t) for t in task_ids]
+        if ids:
+            pipe.sadd(self._k(project, "round_open"), *ids)
+        pipe.execute()
 
-    def set_rounds_done(self, project: int, n: int) -> None:
-        self.conn.set(self._k(project, "rounds_done"), n)
+    def close_pick(self, project: int, task_id: int) -> bool:
+        """Mark a pick annotated; True for exactly the call that annotated the round's last open pick."""
+        pipe = self.conn.pipeline()  # MULTI: of two concurrent last picks, one sees the set empty
+        pipe.srem(self._k(project, "round_open"), str(task_id))
+        pipe.scard(self._k(project, "round_open"))
+        removed, left = pipe.execute()
+        return bool(removed) and left == 0
 
     # --- selection and queue ------------------------------------------------------------------
     def _get_json(self, key: str):

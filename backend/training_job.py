@@ -10,6 +10,7 @@ from backend.annotations import annotation_signature, is_annotated, latest_annot
 from backend.enqueue import enqueue_refresh, job_started, report_progress
 from backend.model_cache import models
 from backend.project import load_project
+from backend.selection import start_next_round
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ def train(project: int) -> dict:
         log.info("project %s: no annotations with a response yet; nothing to train", project)
         return {"skipped": "no annotated prompts"}
     if proj.draft_adapter is not None and set(signatures) == st.trained_on(project):
+        # A round ended by a skip adds no annotation: the adapter in force was trained on all of them.
+        if start_next_round(st, proj, proj.draft_adapter) is not None:
+            enqueue_refresh(project)
         return _skip(st, project, f"same {len(signatures)} annotations as adapter {proj.draft_adapter}")
     report_progress(step=0, total=None, loss=None)
     base = models.get(None)
@@ -40,10 +44,9 @@ def train(project: int) -> dict:
     models.put(path, replace(base, model=result.peft_model, adapter=path))
     quality.after_training(st, proj, version, base, models.get(path), heldout, len(pairs))
     st.set_adapter(project, version)
-    if proj.config.rounds > st.rounds_done(project):
-        st.set_selection_adapter(project, version)
-        st.set_rounds_done(project, st.rounds_done(project) + 1)
-    record = {**result.meta(), "version": version, "finished_at": time.time(), "rounds_done": st.rounds_done(project)}
+    # A round ends when its picks are annotated, not at every training (model.rounds).
+    started = start_next_round(st, proj, version)
+    record = {**result.meta(), "version": version, "finished_at": time.time(), "started_round": started}
     st.save_training(project, record, signatures)
     enqueue_refresh(project)
     adapter_sync.prune(project)

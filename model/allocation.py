@@ -79,12 +79,22 @@ def allocate(sizes: Mapping[Hashable, int], budget: int, min_per_task: int = 5,
     return dict(zip(tasks, counts.tolist()))
 
 
-def allocate_array(sizes, budget: int, min_per_task: int = 5, weights=None, seed: int | None = None) -> np.ndarray:
-    """``allocate`` on arrays (task i = position i): the vectorised core that ``select`` uses."""
-    budget, min_per_task = check_count("budget", budget), check_count("min_per_task", min_per_task)
+def allocate_array(sizes, budget: int, min_per_task=5, weights=None, seed: int | None = None) -> np.ndarray:
+    """``allocate`` on arrays (task i = position i): the vectorised core that ``select`` uses.
+
+    ``min_per_task`` is one int, or one per task (a later selection round tops up what earlier
+    rounds left of each task's base, see ``model.rounds``).
+    """
+    budget = check_count("budget", budget)
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
     if (sizes < 0).any():
         raise ValueError("task sizes must be non-negative")
+    if np.ndim(min_per_task) == 0:
+        min_per_task = check_count("min_per_task", min_per_task)
+    else:
+        min_per_task = np.asarray(min_per_task).reshape(-1)
+        if min_per_task.shape != sizes.shape or min_per_task.dtype.kind not in "iu" or (min_per_task < 0).any():
+            raise ValueError("min_per_task must be a non-negative integer or one per task")
     weights = np.ones(len(sizes)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if weights.shape != sizes.shape or not (np.isfinite(weights) & (weights > 0)).all():
         raise ValueError("weights must be finite, positive and one per task")

@@ -44,6 +44,9 @@ class SelectionConfig:
     within: str = "random"
     """Order inside a task: random (seeded), least_confident, diverse (k-center inside the task)."""
     seed: int = 0
+    prior_counts: dict | None = None
+    """Task label -> prompts earlier selection rounds took from it (no longer in the pool); they count
+    toward the task's min_per_task, so a later round only tops the base up (``model.rounds``)."""
 
 
 @dataclass

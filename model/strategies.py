@@ -217,7 +217,7 @@ class TaskDiversity(QueryStrategy):
         groups = pool.groups
         confidence = _task_confidence(pool, cfg.metric)
         weights = confidence_weights(confidence) if self.weighted else None
-        counts = allocate_array(groups.sizes, budget, cfg.min_per_task, weights, seed=cfg.seed)
+        counts = allocate_array(groups.sizes, budget, _base(groups, cfg), weights, seed=cfg.seed)
         chosen = _chosen_by_task(pool, counts, cfg)
         slots = interleave_indices(counts)  # task of each queue slot
         order = np.empty(len(slots), dtype=np.int64)
@@ -273,6 +273,14 @@ def _chosen_by_task(pool: Pool, counts: np.ndarray, cfg: SelectionConfig) -> np.
         grouped = np.argsort((inverse.astype(np.int64) << 32) | draws, kind="stable")
     rank_in_task = np.arange(len(pool)) - (np.cumsum(sizes) - sizes)[inverse[grouped]]
     return grouped[rank_in_task < counts[inverse[grouped]]]
+
+
+def _base(groups: Groups, cfg: SelectionConfig):
+    """min_per_task, less what earlier rounds already took from each task (``cfg.prior_counts``)."""
+    if not cfg.prior_counts:
+        return cfg.min_per_task
+    return np.array([max(0, cfg.min_per_task - check_count(f"prior count of task {t!r}", cfg.prior_counts.get(t, 0)))
+                     for t in groups.labels], dtype=np.int64)
 
 
 def _task_confidence(pool: Pool, metric: str) -> np.ndarray | None:

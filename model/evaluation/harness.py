@@ -114,17 +114,15 @@ class Experiment:
                     scores=scores if scores is not None else {m: v[indices] for m, v in p.scores.items()},
                     embeddings=None if self._embeddings is None else self._embeddings[indices])
 
-    def select(self, spec: RunSpec, indices: np.ndarray, budget: int, scores: dict | None = None,
-               min_per_task: int | None = None) -> np.ndarray:
-        """Pool indices (into the full pool) that ``spec.strategy`` picks among ``indices``."""
+    def select(self, spec: RunSpec, indices: np.ndarray, budget: int) -> np.ndarray:
+        """Pool indices (into the full pool) that ``spec.strategy`` picks among ``indices`` (one round)."""
         from model.strategies import needs, select
-        if min_per_task is None:
-            min_per_task = spec.min_per_task or 0  # None: a strategy that ignores it
-        cfg = SelectionConfig(budget=budget, strategy=spec.strategy, seed=spec.seed, min_per_task=min_per_task,
+        cfg = SelectionConfig(budget=budget, strategy=spec.strategy, seed=spec.seed,
+                              min_per_task=spec.min_per_task or 0,  # None: a strategy that ignores it
                               **({"metric": spec.metric} if spec.metric else {}))
         if needs(cfg).embeddings:
             self.embeddings()
-        picked = select(self.subpool(indices, scores), cfg)
+        picked = select(self.subpool(indices), cfg)
         return indices[np.asarray(picked.order, dtype=np.int64)]
 
     def train(self, indices, seed: int):
@@ -139,7 +137,7 @@ class Experiment:
                            name_or_path=lm.name_or_path, adapter="(in memory)")
 
     def rescore(self, lm, indices: np.ndarray) -> dict:
-        """Confidence metrics of ``indices`` under ``lm`` (the round-1 adapter), as Pool score columns."""
+        """Confidence metrics of ``indices`` under ``lm`` (an earlier round's adapter), as Pool score columns."""
         from model.scoring import score_rows
         rows = score_rows([self.pool_rows[i] for i in indices], lm, _scoring_config(self.cfg))
         return _score_columns(rows)
@@ -155,7 +153,7 @@ class Experiment:
         return result
 
     def run(self, spec: RunSpec) -> dict:
-        """One run: select (in one or two rounds), train, evaluate. Returns its results record."""
+        """One run: select (in one or more rounds), train, evaluate. Returns its results record."""
         started = time.monotonic()
         record = {"key": spec.key, **asdict(spec)}
         if spec.strategy == BASE:
@@ -168,7 +166,7 @@ class Experiment:
             elif (spec.rounds or 1) == 1:
                 chosen = self.select(spec, everything, spec.budget_n)
             else:
-                chosen, record["round_allocations"] = self.two_rounds(spec, everything)
+                chosen, record["round_allocations"] = self.multi_round(spec, everything)
             result = self.train(chosen, spec.seed)
             train_s, lm = result.duration_s, self.adapted(result)
             record.update(train_loss=result.loss, train_steps=result.steps, n_train=len(chosen))
@@ -180,17 +178,26 @@ class Experiment:
                                  "total": round(time.monotonic() - started, 2)}
         return record
 
-    def two_rounds(self, spec: RunSpec, everything: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-        """Half the budget on base-model scores; train; re-score the rest with that adapter; select the
-        other half there (no second base allocation: round 1 gave it); the caller retrains on all."""
-        first = self.select(spec, everything, spec.budget_n // 2)
-        if len(first) == 0:  # a budget of 1 has no first half to learn from
-            return self.select(spec, everything, spec.budget_n), []
-        rest = np.setdiff1d(everything, first)
-        adapter = self.adapted(self.train(first, spec.seed))
-        second = self.select(spec, rest, spec.budget_n - len(first), scores=self.rescore(adapter, rest),
-                             min_per_task=0)
-        return np.concatenate([first, second]), [_allocation(self.pool, first), _allocation(self.pool, second)]
+    def multi_round(self, spec: RunSpec, everything: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """``spec.rounds`` rounds as ``model.rounds`` defines them (what the backend runs): round r
+        selects its share of the budget among the prompts not yet selected, scored by an adapter
+        trained (from the base model) on every earlier pick; the caller retrains on all of them."""
+        from model.rounds import prior_counts, round_budgets, select_round
+        from model.strategies import needs
+        cfg = SelectionConfig(budget=spec.budget_n, strategy=spec.strategy, seed=spec.seed,
+                              min_per_task=spec.min_per_task or 0, **({"metric": spec.metric} if spec.metric else {}))
+        if needs(cfg).embeddings:
+            self.embeddings()
+        picks, scores = [], None
+        for r in range(1, len(round_budgets(spec.budget_n, spec.rounds)) + 1):
+            taken = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+            rest = np.setdiff1d(everything, taken)
+            if r > 1:  # the end of a round trains on everything annotated; the next round reads its scores
+                scores = self.rescore(self.adapted(self.train(taken, spec.seed)), rest)
+            sel = select_round(self.subpool(rest, scores), cfg, r, spec.rounds,
+                               prior_counts(self.pool.tasks[taken]))
+            picks.append(rest[np.asarray(sel.order, dtype=np.int64)])
+        return np.concatenate(picks), [_allocation(self.pool, p) for p in picks]
 
 
 def _task_array(rows: list[dict]) -> np.ndarray:
@@ -233,7 +240,9 @@ class Eta:
 
 
 def _train_units(n: int, rounds: int | None) -> float:
-    return n * (1.5 if rounds == 2 else 1.0)  # two rounds also train on the first half
+    """Examples trained on: every round boundary also trains, on the rounds before it."""
+    from model.rounds import round_budgets
+    return float(n + sum(np.cumsum(round_budgets(n, rounds or 1))[:-1]))
 
 
 def _fmt_duration(seconds: float | None) -> str:

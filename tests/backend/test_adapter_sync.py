@@ -88,16 +88,21 @@ def test_a_published_version_is_fetched_once_by_a_host_without_it(hosts, monkeyp
     assert adapter_sync.ensure_local(7, version) == path
 
 
+def _in_force(st) -> tuple:
+    draft, selecting = current_adapters(st, 7, rounds=1)  # one round: selected by the base model
+    return (draft, *selecting)
+
+
 def test_a_version_in_neither_place_is_reported_never_replaced_by_the_base_model(hosts, monkeypatch):
     a, b = hosts
     st = wiring.store()
     version = save(7)
     st.set_adapter(7, version)
     on_host(monkeypatch, b)
-    assert missing_adapters(7, current_adapters(st, 7, rounds=1)) == []
+    assert missing_adapters(7, _in_force(st)) == []
     st.delete_adapter_files(7, [version])  # the copy lost (say, Redis restored from an old dump)
-    assert current_adapters(st, 7, rounds=1) == (version, None)  # still the version, not None (base)
-    assert missing_adapters(7, current_adapters(st, 7, rounds=1)) == [version]
+    assert current_adapters(st, 7, rounds=1) == (version, [None])  # still the version, not None (base)
+    assert missing_adapters(7, _in_force(st)) == [version]
     assert project_metrics(st, 7)["adapters_missing"] == [version]
     with pytest.raises(AdapterUnavailable, match=f"adapter {version} is neither"):
         adapter_sync.ensure_local(7, version)
@@ -156,7 +161,7 @@ def test_prune_keeps_the_newest_and_those_in_use_on_disk_and_in_redis(hosts, mon
     monkeypatch.setenv("ADAPTER_KEEP", "2")
     get_settings.cache_clear()
     versions = [save(7) for _ in range(6)]
-    st.set_selection_adapter(7, versions[0])
+    st.set_round_adapter(7, 2, versions[0])  # selects round 2
     st.set_adapter(7, versions[2])  # rolled back
     assert adapter_sync.prune(7) == {"disk": ["v0002", "v0004"], "redis": ["v0002", "v0004"]}
     kept = ["v0001", "v0003", "v0005", "v0006"]

@@ -131,27 +131,50 @@ def test_training_end_to_end(fake_ls):
 
 
 @pytest.mark.slow
-def test_rounds_reallocate_the_remaining_budget(fake_ls):
+def test_rounds_follow_annotations_not_trainings(fake_ls):
+    """Budget 4 in 2 rounds of 2 (model.rounds): a train_every training does not end round 1; its
+    last pick's annotation (here a skip) does, and the adapter trained on every annotation selects
+    round 2 among the rest."""
     ls, pid = fake_ls, fake_ls.project_id
     backend_id = next(iter(ls.backends))
     ls.backends[backend_id]["extra_params"]["rounds"] = 2
     enqueue.enqueue_refresh(pid)
     run_worker()
     st = wiring.store()
-    for task_id in st.selection(pid)["order"][:3]:
+    first = st.selection(pid)
+    assert first["round"] == 1 and len(first["order"]) == 2 and "|base|" in first["score_key"]
+    off_queue = [t["id"] for t in ls.tasks(pid) if t["id"] not in first["order"]][:2]
+    for task_id in [first["order"][0]] + off_queue:  # 3 annotations = train_every, round 1 still open
         ls.annotate(pid, task_id, "a short answer")
+    assert reconcile.reconcile_project(pid)["train"] is True
+    run_worker()
+    assert st.adapter(pid) == "v0001" and st.round_adapters(pid) == {}
+    assert st.last_training(pid)["started_round"] is None
+    assert st.selection(pid)["rounds"] == first["rounds"] and st.queue(pid)["round"] == 1
+    assert ls.next_task(pid)["id"] == first["order"][1]  # the rest of round 1 is served first
+
+    # the last pick is skipped: round 1 is complete, with no new annotation to train on, so the
+    # (duplicate) training is skipped and the adapter in force selects round 2
+    ls.annotate(pid, first["order"][1], "", cancelled=True)
+    checked = reconcile.reconcile_project(pid)
+    assert checked["round_due"] == 2 and checked["train"] is True
+    run_worker()
+    assert st.adapter(pid) == "v0001" and st.round_adapters(pid) == {2: "v0001"}
+    assert st.training_skips(pid)
+    second = st.selection(pid)
+    assert second["round"] == 2 and second["rounds"][0] == first["rounds"][0]
+    picks = second["rounds"][1]["order"]
+    assert len(picks) == 2 and not set(picks) & set(first["order"]) and "|v0001|" in second["score_key"]
+    assert second["order"] == first["order"] + picks
+    assert "round_due" not in reconcile.reconcile_project(pid)
+    # the last round: its end starts nothing, later trainings only move the drafts
+    for task_id in picks:
+        ls.annotate(pid, task_id, "another answer")
+    assert "round_due" not in reconcile.reconcile_project(pid)
     enqueue.enqueue_train(pid)
     run_worker()
-    assert st.selection_adapter(pid) == "v0001" and st.rounds_done(pid) == 2
-    sel = st.selection(pid)
-    assert sel["budget"] == 1 and len(sel["order"]) == 1 and "|v0001|" in sel["score_key"]
-    annotated = {t["id"] for t in ls.tasks(pid) if t["annotations"]}
-    assert not annotated & set(sel["order"])
-    # the last round is done: another training moves the drafts, not the selection
-    ls.annotate(pid, sel["order"][0], "another answer")
-    enqueue.enqueue_train(pid)
-    run_worker()
-    assert st.adapter(pid) == "v0002" and st.selection_adapter(pid) == "v0001"
+    assert st.adapter(pid) == "v0002" and st.round_adapters(pid) == {2: "v0001"}
+    assert st.selection(pid)["rounds"] == second["rounds"]
 
 
 def test_a_lost_pending_job_does_not_block_its_kind_forever(fake_ls):

@@ -96,6 +96,17 @@ def test_a_burst_of_webhooks_queues_one_training(client, backend_env):
     assert sorted(took)[50] < 0.1
 
 
+def test_the_annotation_of_a_rounds_last_open_pick_forces_a_training(client, backend_env):
+    client.post("/setup", json=_setup_body(extra_params={**TEST_PARAMS, "rounds": 2, "train_every": 0}))
+    wiring.store().set_round_open(7, [11, 12])
+    hook = {"action": "ANNOTATION_CREATED", "project": {"id": 7}}
+    assert client.post("/webhook", json={**hook, "annotation": {"id": 1, "task": 11}}).json()["status"] == "coalesced"
+    assert client.post("/webhook", json={**hook, "annotation": {"id": 2, "task": 99}}).json()["status"] == "coalesced"
+    assert _queued(backend_env.train_queue) == 0  # train_every 0: only a round's end trains
+    assert client.post("/webhook", json={**hook, "task": {"id": 12}}).json()["status"] == "queued"
+    assert _queued(backend_env.train_queue) == 1
+
+
 def test_tasks_created_enqueues_one_refresh(client, backend_env):
     client.post("/setup", json=_setup_body(extra_params=TEST_PARAMS))
     before = _queued(backend_env.score_queue)
