@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         "of memory, host lost) is failed and its work enqueued again, and a dead worker's scheduler lock "
         "passes to a live worker after 4 of them. Default 10."))
     adapter_keep: int = Field(10, ge=1, description=(
-        "Adapter versions kept per project, on disk and in Redis, besides the drafting and the selection "
-        "adapter; older ones are deleted after each training. Default 10."))
+        "Adapter versions kept per project, on disk and in Redis, besides the drafting adapter and those "
+        "selecting a round; older ones are deleted after each training. Default 10."))
     adapter_redis_max_mb: int = Field(256, ge=0, description=(
         "Largest adapter (MB) copied into Redis, from which workers with their own MODEL_DIR fetch it; "
         "a training whose adapter is bigger fails. 0 = no copies: every worker and the server must "

@@ -139,6 +139,16 @@ def serve_and_annotate(client: LabelStudioClient, project: int, n: int) -> list[
     return served
 
 
+def connected_project(client: LabelStudioClient, backend_url: str, prefix: str, extra_params: dict) -> int:
+    """A new project of the 40 TEMPLATES x SUBJECTS prompts, connected to the backend (with basic auth)."""
+    project = client.create_project(f"{prefix}-{uuid.uuid4().hex[:8]}", LABEL_CONFIG)["id"]
+    data = [{"prompt": template.format(subject), "task": task}
+            for task, template in TEMPLATES.items() for subject in SUBJECTS]
+    assert client.import_tasks(project, [{"data": d} for d in data]) == 40
+    client.connect_ml_backend(project, backend_url, extra_params, basic_auth=AUTH)
+    return project
+
+
 def active_predictions(client: LabelStudioClient, project: int) -> tuple[str, list[dict]]:
     version = client.project(project)["model_version"]
     return version, [p for p in client.predictions(project) if p["model_version"] == version]
@@ -149,11 +159,7 @@ def test_queue_served_in_order_and_retrained_from_annotations(label_studio, back
     client = LabelStudioClient(*label_studio)
     st = Store(e2e_redis)
 
-    project = client.create_project(f"e2e-{uuid.uuid4().hex[:8]}", LABEL_CONFIG)["id"]
-    data = [{"prompt": template.format(subject), "task": task}
-            for task, template in TEMPLATES.items() for subject in SUBJECTS]
-    assert client.import_tasks(project, [{"data": d} for d in data]) == 40
-    client.connect_ml_backend(project, backend_url, EXTRA_PARAMS, basic_auth=AUTH)
+    project = connected_project(client, backend_url, "e2e", EXTRA_PARAMS)
     run_worker(env, tmp_path, e2e_redis)
 
     # The first queue: Weighted Task Diversity over the base model's scores.

@@ -7,8 +7,6 @@ as ``model.rounds.select_round`` does from the stored scores (bases already give
 """
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 
@@ -16,8 +14,8 @@ from backend.labelstudio import LabelStudioClient
 from backend.store import Store
 from model.config import SelectionConfig
 from model.rounds import prior_counts, select_round
-from tests.e2e.test_end_to_end import (AUTH, LABEL_CONFIG, SUBJECTS, TEMPLATES, active_predictions,  # noqa: F401
-                                       backend, e2e_redis, run_worker, serve_and_annotate)
+from tests.e2e.test_end_to_end import (TEMPLATES, active_predictions, backend, connected_project,  # noqa: F401
+                                       e2e_redis, run_worker, serve_and_annotate)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,11 +39,7 @@ def test_rounds_end_when_their_picks_are_annotated(label_studio, backend, e2e_re
     backend_url, env, adapters, backend_log = backend
     client = LabelStudioClient(*label_studio)
     st = Store(e2e_redis)
-    project = client.create_project(f"e2e-rounds-{uuid.uuid4().hex[:8]}", LABEL_CONFIG)["id"]
-    data = [{"prompt": template.format(subject), "task": task}
-            for task, template in TEMPLATES.items() for subject in SUBJECTS]
-    assert client.import_tasks(project, [{"data": d} for d in data]) == 40
-    client.connect_ml_backend(project, backend_url, EXTRA_PARAMS, basic_auth=AUTH)
+    project = connected_project(client, backend_url, "e2e-rounds", EXTRA_PARAMS)
     run_worker(env, tmp_path, e2e_redis)
 
     tasks = client.tasks(project)
