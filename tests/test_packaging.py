@@ -77,8 +77,9 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
                              capture_output=True, text=True, check=True).stdout.strip()
     # The dependencies come from this interpreter's site-packages; the package itself only from the wheel.
     Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                       capture_output=True, text=True, timeout=300)
+    # --ignore-installed: the project venv (seen through deps.pth) has this package installed by `make venv`.
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                        str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
     work = tmp_path / "my-data"
