@@ -131,16 +131,21 @@ class LabelStudioClient:
             f"Label Studio {method} {path} failed after {tries} tr{'y' if tries == 1 else 'ies'}: "
             f"{self._reason(exc)}{detail}", status, path)
 
-    def _get(self, path: str, *, missing_ok: bool = False) -> Any:
-        """A GET the SDK has no typed method for, through the SDK's authenticated client."""
+    def _request(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
+                 missing_ok: bool = False, label: str | None = None) -> Any:
+        """A call the SDK has no typed method for, through the SDK's authenticated client, with our
+        retries; the JSON reply, or None for a 404 when ``missing_ok``. ``label`` names it in errors."""
         def send():
-            resp = self._http.request(path.lstrip("/"), method="GET")
+            resp = self._http.request(path.lstrip("/"), method=method, params=params, json=body)
             if missing_ok and resp.status_code == 404:
                 return None
             if resp.status_code >= 400:
                 raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text)
             return resp.json()
-        return self._call("GET", path, send)
+        return self._call(method, label or path, send)
+
+    def _get(self, path: str, *, missing_ok: bool = False) -> Any:
+        return self._request("GET", path, missing_ok=missing_ok)
 
     # -- the contract the backend codes against ------------------------------------------
 
@@ -244,14 +249,9 @@ class LabelStudioClient:
             params["query"] = json.dumps(query)
         out: list[dict] = []
         for page in itertools.count(1):
-            def send(page=page):
-                resp = self._http.request("api/tasks", method="GET", params={**params, "page": page})
-                if resp.status_code == 404:  # past the last page: "Invalid page."
-                    return None
-                if resp.status_code >= 400:
-                    raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text)
-                return resp.json()
-            body = self._call("GET", f"/api/tasks?project={project_id}&page={page}", send)
+            # A page past the last one is a 404 ("Invalid page.").
+            body = self._request("GET", "/api/tasks", params={**params, "page": page}, missing_ok=True,
+                                 label=f"/api/tasks?project={project_id}&page={page}")
             tasks = (body or {}).get("tasks") or []
             out += tasks
             if len(tasks) < TASK_PAGE_SIZE or len(out) >= (body or {}).get("total", 0):
@@ -295,14 +295,9 @@ class LabelStudioClient:
 
     def delete_model_version(self, project_id: int, model_version: str) -> int:
         """Delete every prediction of ``model_version``; returns how many (0 when there were none)."""
-        path = f"/api/projects/{project_id}/model-versions/"
-
-        def send():
-            resp = self._http.request(path.lstrip("/"), method="DELETE", json={"model_version": model_version})
-            if resp.status_code >= 400:
-                raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text)
-            return resp.json()
-        return int(self._call("DELETE", path, send).get("deleted_predictions", 0))
+        reply = self._request("DELETE", f"/api/projects/{project_id}/model-versions/",
+                              body={"model_version": model_version})
+        return int(reply.get("deleted_predictions", 0))
 
     # -- helpers for the demo, the tests and operators ------------------------------------
 
