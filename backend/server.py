@@ -28,13 +28,13 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import dashboard, enqueue, wiring
 from backend.adapter_sync import AdapterUnavailable
+from backend.annotations import LabelConfigError, annotation_signature, parse_label_config, textarea_result
 from backend.label_config import record_draft_warnings
 from backend.metrics import all_metrics
 from backend.model_cache import score_tasks, stored_scores
 from backend.planning import webhook_auth_fingerprint
 from backend.project import current_adapters
 from backend.queue_writer import queue_score
-from backend.annotations import LabelConfigError, annotation_signature, parse_label_config, textarea_result
 from backend.project_config import ProjectConfig, ProjectConfigError, extra_params_dict, parse_extra_params
 from backend.request_body import parse_json, read_json
 from backend.settings import get_settings
@@ -323,22 +323,21 @@ async def webhook(request: Request) -> dict:
         if (train_every > 0 and st.add_changes(p, change_signatures(body.action, payload)) >= train_every) \
                 or round_ended:
             job = enqueue.enqueue_train(p)
-        if _moves_window(st, p, body):
+        annotation = payload.get("annotation")
+        skipped = isinstance(annotation, dict) and bool(annotation.get("was_cancelled"))
+        if task is not None and not skipped and _moves_window(st, p, task):
             enqueue.enqueue_refresh(p)
     return {"status": "queued" if job else "coalesced", "action": body.action}
 
 
-def _moves_window(st, project: int, body: WebhookBody) -> bool:
+def _moves_window(st, project: int, task: int) -> bool:
     """An annotation saved on a task inside the draft window moves the window on (O(1) Redis reads);
     counts it for live progress. Skips and deletions leave the window to the reconcile pass."""
-    ann = (body.model_extra or {}).get("annotation")
-    task = ann.get("task") if isinstance(ann, dict) else None
-    task = task.get("id") if isinstance(task, dict) else task
-    if body.action == "ANNOTATIONS_DELETED" or not isinstance(task, int) or ann.get("was_cancelled"):
-        return False
     st.mark_annotated(project, task)
     pos = st.positions(project, [task]).get(task)
     return pos is not None and pos <= (st.queue(project) or {}).get("window_end", -1)
+
+
 def _annotated_task(payload: dict) -> int | None:
     """The task id of an ANNOTATION_CREATED/UPDATED payload (``annotation.task``, else ``task.id``)."""
     for holder, field in ((payload.get("annotation"), "task"), (payload.get("task"), "id")):
