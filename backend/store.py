@@ -78,6 +78,25 @@ class Store:
     def _k(self, project: int, *parts: str) -> str:
         return ":".join((PREFIX, "p", str(project)) + parts)
 
+    def _replace_hash(self, key: str, mapping: dict, pipe=None) -> None:
+        """``key`` becomes exactly ``mapping`` in one MULTI (``pipe``'s, when given: the caller executes)."""
+        p = self.conn.pipeline() if pipe is None else pipe
+        p.delete(key)
+        if mapping:
+            p.hset(key, mapping={str(k): v for k, v in mapping.items()})
+        if pipe is None:
+            p.execute()
+
+    def _replace_set(self, key: str, members, pipe=None) -> None:
+        """``key`` becomes exactly the set of ``members`` (as ``_replace_hash``)."""
+        p = self.conn.pipeline() if pipe is None else pipe
+        p.delete(key)
+        members = [str(m) for m in members]
+        if members:
+            p.sadd(key, *members)
+        if pipe is None:
+            p.execute()
+
     # --- projects and their setup -------------------------------------------------------------
     def add_project(self, project: int) -> None:
         if not valid_project_id(project):
@@ -140,12 +159,7 @@ class Store:
 
     def set_round_open(self, project: int, task_ids: Iterable[int]) -> None:
         """The latest round's picks still to annotate (empty: no round is waiting to end)."""
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k(project, "round_open"))
-        ids = [str(t) for t in task_ids]
-        if ids:
-            pipe.sadd(self._k(project, "round_open"), *ids)
-        pipe.execute()
+        self._replace_set(self._k(project, "round_open"), task_ids)
 
     def close_pick(self, project: int, task_id: int) -> bool:
         """Mark a pick annotated; True for exactly the call that annotated the round's last open pick."""
@@ -175,9 +189,7 @@ class Store:
     def save_queue(self, project: int, state: dict, positions: dict[int, int]) -> None:
         pipe = self.conn.pipeline()
         pipe.set(self._k(project, "queue"), json.dumps(state))
-        pipe.delete(self._k(project, "positions"))
-        if positions:
-            pipe.hset(self._k(project, "positions"), mapping={str(t): p for t, p in positions.items()})
+        self._replace_hash(self._k(project, "positions"), positions, pipe)
         pipe.execute()
 
     def positions(self, project: int, task_ids: Iterable) -> dict[int, int]:
@@ -230,9 +242,7 @@ class Store:
         pipe.set(self._k(project, "train", "last"), json.dumps(result))
         pipe.rpush(self._k(project, "train", "history"), json.dumps({**result, "annotations": len(sigs)}))
         pipe.ltrim(self._k(project, "train", "history"), -TRAINING_HISTORY, -1)
-        pipe.delete(self._k(project, "train", "trained_on"))
-        if sigs:
-            pipe.sadd(self._k(project, "train", "trained_on"), *sigs)
+        self._replace_set(self._k(project, "train", "trained_on"), sigs, pipe)
         pipe.execute()
 
     def last_training(self, project: int) -> dict | None:
@@ -336,11 +346,7 @@ class Store:
 
     def set_base_nll(self, project: int, values: dict[str, float]) -> None:
         """Replace the cache with ``values``: entries of examples no longer held out are dropped."""
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k(project, "quality", "base"))
-        if values:
-            pipe.hset(self._k(project, "quality", "base"), mapping=values)
-        pipe.execute()
+        self._replace_hash(self._k(project, "quality", "base"), values)
 
     # --- annotation changes and webhook credentials (server side of duplicate events, auth) -----
     def add_changes(self, project: int, signatures: Iterable[str]) -> int:
@@ -358,6 +364,7 @@ class Store:
 
     def set_webhook_auth(self, project: int, fingerprint: str) -> None:
         self.conn.set(self._k(project, "webhook_auth"), fingerprint)
+
     # --- label config warnings ----------------------------------------------------------------
     def set_config_warnings(self, project: int, warnings: list[str]) -> None:
         self.conn.set(self._k(project, "config_warnings"), json.dumps(warnings))
@@ -389,11 +396,7 @@ class Store:
 
     def replace_annotations(self, project: int, annotations: dict[int, list[dict]]) -> None:
         """The annotations of every task that has any (Label Studio's truth as of this read)."""
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k(project, "annotations"))
-        if annotations:
-            pipe.hset(self._k(project, "annotations"), mapping={str(t): json.dumps(a) for t, a in annotations.items()})
-        pipe.execute()
+        self._replace_hash(self._k(project, "annotations"), {t: json.dumps(a) for t, a in annotations.items()})
 
     def annotations(self, project: int) -> dict[int, list[dict]]:
         return {int(t): json.loads(a) for t, a in self.conn.hgetall(self._k(project, "annotations")).items()}
@@ -407,12 +410,10 @@ class Store:
         return {int(t): v.decode() for t, v in zip(ids, self.conn.hmget(k, ids) if ids else []) if v is not None}
 
     def set_drafted(self, project: int, keys: dict[int, str], replace: bool = False) -> None:
-        pipe = self.conn.pipeline()
         if replace:
-            pipe.delete(self._k(project, "drafted"))
-        if keys:
-            pipe.hset(self._k(project, "drafted"), mapping={str(t): k for t, k in keys.items()})
-        pipe.execute()
+            self._replace_hash(self._k(project, "drafted"), keys)
+        elif keys:
+            self.conn.hset(self._k(project, "drafted"), mapping={str(t): k for t, k in keys.items()})
 
     def all_positions(self, project: int) -> dict[int, int]:
         return {int(t): int(p) for t, p in self.conn.hgetall(self._k(project, "positions")).items()}
@@ -426,23 +427,14 @@ class Store:
         self.conn.sadd(self._k(project, "annotated"), task_id)
 
     def replace_annotated(self, project: int, task_ids: Iterable) -> None:
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k(project, "annotated"))
-        ids = list(task_ids)
-        if ids:
-            pipe.sadd(self._k(project, "annotated"), *ids)
-        pipe.execute()
+        self._replace_set(self._k(project, "annotated"), task_ids)
 
     def annotated_ids(self, project: int) -> set[int]:
         return {int(t) for t in self.conn.smembers(self._k(project, "annotated"))}
 
     def save_task_labels(self, project: int, labels: dict[int, str]) -> None:
         """Task id -> task label (given or inferred) of the selection pool."""
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k(project, "task_labels"))
-        if labels:
-            pipe.hset(self._k(project, "task_labels"), mapping={str(t): lab for t, lab in labels.items()})
-        pipe.execute()
+        self._replace_hash(self._k(project, "task_labels"), labels)
 
     def task_labels(self, project: int, task_ids: Iterable) -> dict[int, str]:
         ids = [str(t) for t in task_ids]
