@@ -108,8 +108,7 @@ def measure(st: Store, proj: Project, version: str, base_lm, adapter_lm, heldout
     cached.update(zip((k for k, _ in todo), nlls(base_lm, [e for _, e in todo], batch_size)))
     st.set_base_nll(proj.id, {k: cached[k] for k in keys})
     adapter = nlls(adapter_lm, heldout, batch_size)
-    record = {"version": version, "finished_at": time.time(), "annotations": trained_on + len(heldout),
-              "trained_on": trained_on, "heldout": len(heldout), "holdout": proj.config.holdout,
+    record = {**_head(version, heldout, trained_on, proj.config.holdout),
               **summarize([e.label for e in heldout], [cached[k] for k in keys], adapter, proj.config.holdout)}
     st.save_quality(proj.id, version, record)
     log.info("project %s: adapter %s held-out quality: %s (base %d new of %d)", proj.id, version,
@@ -132,10 +131,15 @@ def after_training(st: Store, proj: Project, version: str, base_lm, adapter_lm, 
         st.save_quality(proj.id, version, failed(version, heldout, trained_on, proj.config.holdout, e))
 
 
+def _head(version: str, heldout: list[HeldOut], trained_on: int, share: float) -> dict:
+    """The fields every record of a version has, measured or not."""
+    return {"version": version, "finished_at": time.time(), "annotations": trained_on + len(heldout),
+            "trained_on": trained_on, "heldout": len(heldout), "holdout": share}
+
+
 def failed(version: str, heldout: list[HeldOut], trained_on: int, share: float, error: Exception) -> dict:
     """The record of a version whose evaluation failed (the adapter itself is fine)."""
-    return {"version": version, "finished_at": time.time(), "annotations": trained_on + len(heldout),
-            "trained_on": trained_on, "heldout": len(heldout), "holdout": share,
+    return {**_head(version, heldout, trained_on, share),
             "status": f"evaluation failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
             "overall": {"n": len(heldout)}, "macro": None, "per_task": {}}
 
