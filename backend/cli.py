@@ -151,7 +151,7 @@ def _quality_lines(report: dict | None) -> list[str]:
 
 
 def cmd_export(a) -> int:
-    from backend import wiring
+    from backend import adapter_sync, wiring
     from backend.annotations import LabelConfigError
     from backend.export import adapter_dest_problem, write_adapter, write_sft
     from backend.labelstudio import LabelStudioError
@@ -182,8 +182,11 @@ def cmd_export(a) -> int:
           + (left_out if counts["left_out"] else ""))
     if a.adapter is not None:
         quality = next((r for r in quality_report(st, a.project)["versions"] if r["version"] == version), None)
-        write_adapter(wiring.adapter_store().path(str(a.project), version), a.adapter,
-                      {"project": a.project, "version": version, "heldout_quality": quality})
+        try:  # this host's copy, fetched from Redis when it trained elsewhere
+            folder = adapter_sync.ensure_local(a.project, version)
+        except adapter_sync.AdapterUnavailable as e:
+            return _fail(str(e))
+        write_adapter(folder, a.adapter, {"project": a.project, "version": version, "heldout_quality": quality})
         print(f"wrote adapter {version} of project {a.project} to {a.adapter}")
     return 0
 
