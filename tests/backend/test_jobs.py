@@ -199,19 +199,26 @@ def test_reconcile_pass_reschedules_itself_once(fake_ls):
     assert len(scheduled.get_job_ids()) == 2  # each pass (run by hand here) scheduled exactly one next pass
 
 
-@pytest.mark.slow
-def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeypatch):
-    """Prompts from two very different families and no task labels: the queue still covers both clusters."""
+def _select_unlabelled_families(monkeypatch, **params) -> dict:
+    """The stored selection of a 12-prompt project from two very different families, no task labels."""
     from tests.backend.fakes import TEST_PARAMS, FakeLabelStudio
 
     prompts = [f"translate the sentence number {i} into french please" for i in range(6)] + \
               [f"what is {i} plus {i + 3}? answer with a number" for i in range(6)]
-    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "task_field": "task"})
+    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, **params})
     pid = ls.add_project(prompts, [{} for _ in prompts])
     monkeypatch.setattr(wiring, "make_client", lambda: ls)
     enqueue.enqueue_refresh(pid)
     run_worker()
-    selection = wiring.store().selection(pid)
+    return wiring.store().selection(pid)
+
+
+@pytest.mark.slow
+def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeypatch):
+    """Prompts from two very different families and no task labels: the queue still covers both clusters."""
+    from tests.backend.fakes import TEST_PARAMS
+
+    selection = _select_unlabelled_families(monkeypatch, task_field="task")
     assert all(t.startswith("cluster-") for t in selection["task_sizes"])
     assert len(selection["task_sizes"]) >= 2 and sum(selection["task_sizes"].values()) == 12
     assert len(selection["order"]) == TEST_PARAMS["budget"]
@@ -221,20 +228,13 @@ def test_tasks_are_inferred_when_no_task_has_the_task_field(backend_env, monkeyp
 def test_k_center_reuses_the_embeddings_that_inferred_the_tasks(backend_env, monkeypatch):
     """The registry says k_center needs embeddings: the ones computed for task inference are reused."""
     import model.embeddings
-    from tests.backend.fakes import TEST_PARAMS, FakeLabelStudio
+    from tests.backend.fakes import TEST_PARAMS
 
     calls = []
     real = model.embeddings.embed
     monkeypatch.setattr(model.embeddings, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
-    prompts = [f"translate the sentence number {i} into french please" for i in range(6)] + \
-              [f"what is {i} plus {i + 3}? answer with a number" for i in range(6)]
-    ls = FakeLabelStudio(extra_params={**TEST_PARAMS, "strategy": "k_center"})
-    pid = ls.add_project(prompts, [{} for _ in prompts])
-    monkeypatch.setattr(wiring, "make_client", lambda: ls)
-    enqueue.enqueue_refresh(pid)
-    run_worker()
+    selection = _select_unlabelled_families(monkeypatch, strategy="k_center")
     assert calls == [12]  # once, for the clusters and the k-center picks together
-    selection = wiring.store().selection(pid)
     assert len(selection["order"]) == TEST_PARAMS["budget"] == len(set(selection["order"]))
 
 
