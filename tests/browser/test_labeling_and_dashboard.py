@@ -110,7 +110,9 @@ def test_annotator_edits_draft_in_place_and_dashboard_matches_metrics(label_stud
     chrome.get(f"{ls_url}/projects/{project}/data")
     _wait(chrome, lambda d: d.find_element(By.XPATH, "//button[contains(., 'Label All Tasks')]")).click()
     close = _wait(chrome, lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Close modal']"))
-    assert "Rewrite" in chrome.find_element(By.XPATH, "//*[contains(., 'Labeling Instructions')]").text
+    # The modal fades in: its close button can be there before its text is visible.
+    _wait(chrome, lambda d: "Rewrite" in d.find_element(By.TAG_NAME, "body").text,
+          "the project's instructions (What Rewrite does) were not shown")
     close.click()
     box = draft_box(chrome, drafts[queue[0]])
     box.click()
